@@ -155,7 +155,7 @@ def parse_time(value: str | int | float | datetime | None) -> int | None:
             ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)
 
 
 def iso(ts_ms: int) -> str:
