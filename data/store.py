@@ -233,7 +233,8 @@ class Store:
             frame = self._read_file(path, None).to_pandas()
             issues += check(frame, key)
             if last is not None and len(frame) and frame["ts"].iloc[0] <= last:
-                issues.append(Issue(int(frame["ts"].iloc[0]), "unsorted_ts", f"{path.name} overlaps the file before"))
+                first = int(frame["ts"].iloc[0])
+                issues.append(Issue(first, "unsorted_ts", f"{path.name} overlaps the file before"))
             if len(frame):
                 last = int(frame["ts"].iloc[-1])
         return issues
