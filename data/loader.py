@@ -63,8 +63,13 @@ class Bars:
 
     def to_frame(self) -> pd.DataFrame:
         cols = {
-            "ts": self.ts, "open": self.open, "high": self.high, "low": self.low,
-            "close": self.close, "volume": self.volume, **self.extra,
+            "ts": self.ts,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            **self.extra,
         }
         if self.filled is not None:
             cols["filled"] = self.filled

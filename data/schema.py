@@ -102,6 +102,8 @@ def parse_bar_spec(name: str) -> BarSpec:
     m = _INFO_BAR.match(name)
     if m and float(m.group(2)) > 0:
         return BarSpec(m.group(1), float(m.group(2)), name)
+    if re.fullmatch(r"[0-9]+[smhdwM]", name):
+        timeframe_ms(name)  # raises the error that lists the timeframes
     raise ValueError(
         f"bar spec {name!r} is not supported; use a timeframe ({', '.join(TIMEFRAMES)}), "
         "'volume-N' (a bar every N base units) or 'dollar-N' (a bar every N quote units)"
@@ -120,9 +122,7 @@ def file_symbol(symbol: str) -> str:
 def ccxt_symbol(symbol: str, market: str) -> str:
     """The ccxt form for a market: ``BTC/USDT`` on spot, ``BTC/USDT:USDT`` on linear futures."""
     if "/" not in symbol:
-        raise ValueError(
-            f"symbol {symbol!r} must be given in ccxt form with a slash, e.g. 'BTC/USDT'"
-        )
+        raise ValueError(f"symbol {symbol!r} must be given in ccxt form with a slash, e.g. 'BTC/USDT'")
     if market == "futures" and ":" not in symbol:
         return f"{symbol}:{symbol.split('/', 1)[1]}"
     return symbol
@@ -150,8 +150,7 @@ def parse_time(value: str | int | float | datetime | None) -> int | None:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(
-                f"time {value!r} is not an ISO date ('2024-01-01', '2024-01-01T12:00') "
-                "or epoch milliseconds"
+                f"time {value!r} is not an ISO date ('2024-01-01', '2024-01-01T12:00') or epoch milliseconds"
             ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)

@@ -15,6 +15,7 @@ or as it should be, never half-written. Appending a month writes that month's fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,9 +116,7 @@ def normalise(frame: pd.DataFrame, key: SeriesKey) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     extra = [c for c in frame.columns if c not in cols]
     if missing or extra:
-        raise ValueError(
-            f"{key}: columns must be {list(cols)}; missing {missing}, unknown {extra}"
-        )
+        raise ValueError(f"{key}: columns must be {list(cols)}; missing {missing}, unknown {extra}")
     ts = frame["ts"].to_numpy()
     if not np.issubdtype(ts.dtype, np.integer):
         raise ValueError(f"{key}: ts must be integer epoch milliseconds, got {ts.dtype}")
@@ -142,6 +141,12 @@ def check(frame: pd.DataFrame, key: SeriesKey) -> list[Issue]:
     if spec.is_time:
         return check_bars(frame, spec.ms, timeframe_origin(key.timeframe))
     return check_bars(frame, None)
+
+
+def _discard(tmp: Path) -> None:
+    # OSError here means the folder itself could not be made: there is no temp file to remove
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 class Store:
@@ -173,8 +178,7 @@ class Store:
             return pq.read_table(path, columns=columns, memory_map=True)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(
-                f"cannot read {path}: {exc}. Delete the file and re-download or re-import "
-                "that month."
+                f"cannot read {path}: {exc}. Delete the file and re-download or re-import that month."
             ) from exc
 
     def read_arrays(
@@ -206,9 +210,7 @@ class Store:
             table = table.slice(i, j - i)
         return {c: np.ascontiguousarray(table.column(c).to_numpy()) for c in columns}
 
-    def read(
-        self, key: SeriesKey, start: int | None = None, end: int | None = None
-    ) -> pd.DataFrame:
+    def read(self, key: SeriesKey, start: int | None = None, end: int | None = None) -> pd.DataFrame:
         """Rows with ``start <= ts < end`` as a DataFrame in the store's schema."""
         return pd.DataFrame(self.read_arrays(key, start, end))
 
@@ -335,14 +337,14 @@ class Store:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StoreError(
                 f"cannot write {path}: {exc.strerror or exc}. Check free disk space and "
                 f"permissions, or choose another root (root=... or KLINEGYM_DATA). "
                 "Nothing was changed in that partition."
             ) from exc
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise
 
     def remove_stale_temp_files(self) -> int:
@@ -352,4 +354,3 @@ class Store:
             tmp.unlink(missing_ok=True)
             n += 1
         return n
-

@@ -30,14 +30,10 @@ def check_timestamps(ts: np.ndarray, bar_ms: int | None = None, origin: int = 0)
         return issues
     step = np.diff(ts)
     issues += _issues(ts[1:], step == 0, "duplicate_ts", lambda i: "same ts as the row before")
-    issues += _issues(
-        ts[1:], step < 0, "unsorted_ts", lambda i: f"earlier than the row before ({ts[i]})"
-    )
+    issues += _issues(ts[1:], step < 0, "unsorted_ts", lambda i: f"earlier than the row before ({ts[i]})")
     if bar_ms is not None:
         off = (ts - origin) % bar_ms
-        issues += _issues(
-            ts, off != 0, "misaligned_ts", lambda i: f"not on a {bar_ms} ms bar boundary"
-        )
+        issues += _issues(ts, off != 0, "misaligned_ts", lambda i: f"not on a {bar_ms} ms bar boundary")
     return issues
 
 
@@ -51,20 +47,24 @@ def check_bars(df: pd.DataFrame, bar_ms: int | None = None, origin: int = 0) -> 
     issues = check_timestamps(ts, bar_ms, origin)
     o, h, lo, c, v = (df[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
     finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
-    issues += _issues(
-        ts, ~finite, "non_finite", lambda i: f"o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
-    )
+    issues += _issues(ts, ~finite, "non_finite", lambda i: f"o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}")
     with np.errstate(invalid="ignore"):
         issues += _issues(
-            ts, finite & (h < np.maximum(o, c)), "high_below_open_close",
+            ts,
+            finite & (h < np.maximum(o, c)),
+            "high_below_open_close",
             lambda i: f"high {h[i]} < max(open {o[i]}, close {c[i]})",
         )
         issues += _issues(
-            ts, finite & (lo > np.minimum(o, c)), "low_above_open_close",
+            ts,
+            finite & (lo > np.minimum(o, c)),
+            "low_above_open_close",
             lambda i: f"low {lo[i]} > min(open {o[i]}, close {c[i]})",
         )
         issues += _issues(
-            ts, finite & ((o <= 0) | (lo <= 0)), "non_positive_price",
+            ts,
+            finite & ((o <= 0) | (lo <= 0)),
+            "non_positive_price",
             lambda i: f"open {o[i]} low {lo[i]}",
         )
         issues += _issues(ts, finite & (v < 0), "negative_volume", lambda i: f"volume {v[i]}")
@@ -85,9 +85,7 @@ def check_funding(df: pd.DataFrame) -> list[Issue]:
     mark = df["mark_price"].to_numpy(dtype=np.float64)
     issues += _issues(ts, ~np.isfinite(rate), "non_finite", lambda i: f"rate {rate[i]}")
     with np.errstate(invalid="ignore"):
-        issues += _issues(
-            ts, np.isinf(mark) | (mark <= 0), "bad_mark_price", lambda i: f"mark {mark[i]}"
-        )
+        issues += _issues(ts, np.isinf(mark) | (mark <= 0), "bad_mark_price", lambda i: f"mark {mark[i]}")
     return sorted(issues, key=lambda issue: issue.ts)
 
 
