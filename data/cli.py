@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 import types
@@ -226,7 +227,10 @@ def cmd_resample(a: ResampleArgs) -> int:
     result = resample_series(
         store, a.key(), a.to, partial=a.partial, start=parse_time(a.start), end=parse_time(a.end)
     )
-    print(f"{a.key()} -> {a.to}: {result}")
+    kept = "kept (partial=true)" if a.partial else "dropped"
+    print(
+        f"{a.key()} -> {a.to}: +{result.rows_added:,} bars; {result.incomplete:,} incomplete bucket(s) {kept}"
+    )
     return 0
 
 
@@ -307,6 +311,10 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -321,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m data {name} key=value ...: {desc}\n\n{usage(cls)}")
         return 0
     rest = ["json=true" if w == "--json" else w for w in rest]
+    # a plain `kill` stops as cleanly as Ctrl-C: buffered bars are flushed by the `finally`s
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(parse(cls, rest))
     except UsageError as exc:

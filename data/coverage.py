@@ -93,13 +93,14 @@ def format_table(items: list[SeriesCoverage], root: str, largest: int = 3) -> st
             "or `python -m data synth`"
         )
     width = max(len(c.series) for c in items)
+    tw = max(len(iso(t)) for c in items for t in (c.first_ts, c.last_ts))
     lines = [
         f"store: {root}",
-        f"{'series':<{width}}  {'first':<20}  {'last':<20}  {'rows':>10}  {'gaps':>5}  {'missing':>9}",
+        f"{'series':<{width}}  {'first':<{tw}}  {'last':<{tw}}  {'rows':>10}  {'gaps':>5}  {'missing':>9}",
     ]
     for c in items:
         lines.append(
-            f"{c.series:<{width}}  {iso(c.first_ts):<20}  {iso(c.last_ts):<20}  {c.rows:>10,}  "
+            f"{c.series:<{width}}  {iso(c.first_ts):<{tw}}  {iso(c.last_ts):<{tw}}  {c.rows:>10,}  "
             f"{len(c.gaps):>5}  {c.missing:>9,}"
         )
         biggest = sorted(c.gaps, key=lambda g: g[0] - g[1])[:largest]

@@ -292,14 +292,17 @@ class Store:
         if key.kind == TRADES:
             if new["ts"].iloc[0] > old["ts"].iloc[-1]:
                 return pd.concat([old, new], ignore_index=True)
+            if new["ts"].iloc[-1] < old["ts"].iloc[0]:
+                return pd.concat([new, old], ignore_index=True)
             if on_conflict == "replace":
                 return new
             if on_conflict == "keep":
                 return old
             raise ConflictError(
-                f"{path} already holds trades up to {iso(int(old['ts'].iloc[-1]))} and the new "
-                "trades start before that; trades have no unique key to merge on. Re-run with "
-                "on_conflict=replace to replace that day."
+                f"{path} already holds trades from {iso(int(old['ts'].iloc[0]))} to "
+                f"{iso(int(old['ts'].iloc[-1]))} and the new trades overlap them; trades have no "
+                "unique key to merge on. Re-run with on_conflict=replace to replace that day with "
+                "the new trades only."
             )
         o = old.set_index("ts")
         n = new.set_index("ts")
@@ -348,9 +351,23 @@ class Store:
             raise
 
     def remove_stale_temp_files(self) -> int:
-        """Delete temp files left by a process killed mid-write (they are never read)."""
+        """Delete temp files left by processes killed mid-write (they are never read). Files of
+        processes still alive, such as another download into the same root, are left alone."""
         n = 0
         for tmp in self.root.glob("*/*/*/*/.*.tmp") if self.root.is_dir() else []:
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
             tmp.unlink(missing_ok=True)
             n += 1
         return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True

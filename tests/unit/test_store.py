@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -219,6 +220,34 @@ def test_funding_and_trades_series_round_trip(store_root):
     pd.testing.assert_frame_equal(store.read(tkey), trades)
     later = trades.assign(ts=trades.ts + 10)
     store.write(tkey, later)
-    assert len(store.read(tkey)) == 6
+    earlier = trades.assign(ts=trades.ts - 10)
+    store.write(tkey, earlier)
+    assert store.read(tkey)["ts"].tolist() == [
+        T0 - 10,
+        T0 - 10,
+        T0 - 5,
+        T0,
+        T0,
+        T0 + 5,
+        T0 + 10,
+        T0 + 10,
+        T0 + 15,
+    ]
     with pytest.raises(ConflictError, match="trades have no unique key"):
         store.write(tkey, trades)
+
+
+def test_stale_temp_files_of_dead_processes_are_removed_but_a_live_writers_are_kept(store_root):
+    store = Store(store_root)
+    store.write(KEY, bars(3))
+    folder = KEY.path(store_root)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = folder / f".2024-02.parquet.{int(dead.stdout)}.tmp"
+    live = folder / f".2024-02.parquet.{os.getpid()}.tmp"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    assert store.remove_stale_temp_files() == 1
+    assert not stale.exists() and live.exists()
+    assert len(store.read(KEY)) == 3  # readers never saw either
