@@ -165,6 +165,9 @@ class Funding:
     def __len__(self) -> int:
         return len(self.ts)
 
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"ts": self.ts, "rate": self.rate, "mark_price": self.mark_price})
+
 
 def load_funding(
     symbol: str,

@@ -1,0 +1,353 @@
+"""The native batched replay env: N accounts stepped by one kernel call.
+
+:class:`BatchedMarketReplayEnv` implements ``gymnasium.vector.VectorEnv`` with
+``autoreset_mode = SAME_STEP``: when an account's episode ends, the step returns its reward,
+``terminated``/``truncated`` flags, its last observation in ``infos["final_obs"]`` and its last
+info in ``infos["final_info"]``, and the observation and info of the account's *next* episode
+(already reset) in their usual places. The single env (:mod:`envs.replay`) is this env with
+``num_envs=1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from numba import njit
+
+from data.schema import parse_time
+from envs.accounting import SLIP_FIXED, SLIP_NONE, SLIP_SQRT, step_account
+from envs.config import EnvConfig
+from envs.market import EpisodeStarts, MarketData, bars_per_year, episode_starts, prepare
+from envs.rewards import REWARDS, reward_step
+
+ACCOUNT_FEATURES: tuple[str, ...] = ("exposure", "unrealized_pnl", "bars_since_trade", "margin_ratio")
+INFO_KEYS: tuple[str, ...] = (
+    "ts", "price", "position", "cash", "equity", "fees", "funding", "slippage", "turnover",
+    "borrow", "trade_qty", "trade_price", "trade_fee", "liquidated",
+)  # fmt: skip
+_SLIP = {"none": SLIP_NONE, "fixed_bps": SLIP_FIXED, "sqrt_impact": SLIP_SQRT}
+_BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
+
+# Rows of the packed arrays the compiled step reads and writes. Packing keeps the call to a
+# dozen arguments: numba checks each argument's type on every call, which is what a step of
+# one account costs.
+(S_CASH, S_QTY, S_ENTRY, S_FEES, S_FUNDING, S_SLIPPAGE, S_TURNOVER, S_BORROW, S_EQUITY, S_PEAK,
+ S_DRAWDOWN, S_A, S_B, S_RETURN, S_TRADE_QTY, S_TRADE_PRICE, S_TRADE_FEE) = range(17)  # fmt: skip
+I_IDX, I_END, I_LAST_TRADE, I_LENGTH, I_LIQUIDATED, I_TERMINATED, I_TRUNCATED = range(7)
+M_OPEN, M_HIGH, M_LOW, M_CLOSE, M_HALF_SPREAD, M_SIGMA, M_REF_VOLUME, M_FUNDING = range(8)
+(P_FEE, P_LEVERAGE, P_MMR, P_LIQ_FEE, P_LOT, P_MIN_NOTIONAL, P_DEADBAND, P_BORROW, P_SLIP,
+ P_INITIAL, P_PENALTY, P_ETA) = range(12)  # fmt: skip
+Q_SLIP_MODE, Q_REWARD, Q_WINDOW, Q_FEATURES = range(4)
+_TOTALS = {
+    "fees": S_FEES,
+    "funding": S_FUNDING,
+    "slippage": S_SLIPPAGE,
+    "turnover": S_TURNOVER,
+    "borrow": S_BORROW,
+}
+
+
+@njit(cache=True)
+def _observe_row(i, features, market, state, istate, params, iparams, obs):
+    """Row i of the observation: the feature rows ``t-window+1 .. t`` flattened, then the account.
+    ``features`` is the C-ordered (bars, F) table flattened, so a window is one slice."""
+    t = istate[I_IDX, i]
+    n_feat = iparams[Q_FEATURES]
+    width = iparams[Q_WINDOW] * n_feat
+    obs[i, :width] = features[(t + 1) * n_feat - width : (t + 1) * n_feat]
+    c = market[t, M_CLOSE]
+    qty, cash = state[S_QTY, i], state[S_CASH, i]
+    equity = cash + qty * c
+    safe = equity if equity > 0.0 else 1e-12
+    obs[i, width] = qty * c / (safe * params[P_LEVERAGE])
+    obs[i, width + 1] = qty * (c - state[S_ENTRY, i]) / safe if qty != 0.0 else 0.0
+    obs[i, width + 2] = np.log1p(t - istate[I_LAST_TRADE, i]) / _BARS_SINCE_SCALE
+    owes = qty < 0.0 or cash < 0.0
+    obs[i, width + 3] = params[P_MMR] * abs(qty) * c / safe if owes else 0.0
+
+
+@njit(cache=True)
+def _observe(rows, features, market, state, istate, params, iparams, obs):
+    for i in rows:
+        _observe_row(i, features, market, state, istate, params, iparams, obs)
+
+
+# Not cached on disk: numba's cache checks only this file, and a cached step would keep an old
+# copy of the accounting kernel or the reward after either changed. Compiling costs ~1 s per process.
+@njit
+def _step_all(exposure, features, market, state, istate, params, iparams, obs, rewards):
+    """Step every account one bar with the accounting kernel, then reward, flags and observation."""
+    for i in range(state.shape[1]):
+        t = istate[I_IDX, i]
+        u = t + 1
+        if u > istate[I_END, i]:
+            # an account past its episode's last bar is never stepped: the bars there may
+            # lie across a gap or beyond the data
+            istate[I_TRUNCATED, i] = not istate[I_TERMINATED, i]
+            rewards[i] = 0.0
+            continue
+        qty0 = state[S_QTY, i]
+        r = step_account(
+            state[S_CASH, i], qty0, exposure[i], market[t, M_CLOSE],
+            market[u, M_OPEN], market[u, M_HIGH], market[u, M_LOW], market[u, M_CLOSE],
+            market[t, M_HALF_SPREAD], iparams[Q_SLIP_MODE], params[P_SLIP], market[t, M_SIGMA],
+            market[t, M_REF_VOLUME], params[P_FEE], params[P_LEVERAGE], params[P_MMR], params[P_LIQ_FEE],
+            params[P_LOT], params[P_MIN_NOTIONAL], params[P_DEADBAND], market[u, M_FUNDING], params[P_BORROW],
+        )  # fmt: skip
+        cash, qty, t_qty, t_price, t_fee, t_slip, l_qty, l_price, l_fee, funding, borrow, equity = r
+        state[S_CASH, i] = cash
+        state[S_QTY, i] = qty
+        istate[I_IDX, i] = u
+        # average entry of the open position, for the unrealised-PnL observation
+        if t_qty != 0.0:
+            q1 = qty0 + t_qty
+            if q1 == 0.0:
+                state[S_ENTRY, i] = 0.0
+            elif qty0 == 0.0 or (qty0 > 0.0) != (q1 > 0.0):
+                state[S_ENTRY, i] = t_price
+            elif abs(q1) > abs(qty0):
+                state[S_ENTRY, i] = (state[S_ENTRY, i] * abs(qty0) + t_price * abs(t_qty)) / abs(q1)
+            istate[I_LAST_TRADE, i] = u
+        if qty == 0.0:
+            state[S_ENTRY, i] = 0.0
+        state[S_FEES, i] += t_fee + l_fee
+        state[S_FUNDING, i] += funding
+        state[S_SLIPPAGE, i] += t_slip
+        state[S_BORROW, i] += borrow
+        state[S_TURNOVER, i] += abs(t_qty) * t_price + abs(l_qty) * l_price
+        state[S_TRADE_QTY, i] = t_qty
+        state[S_TRADE_PRICE, i] = t_price
+        state[S_TRADE_FEE, i] = t_fee
+        rew, peak, dd, a, b = reward_step(
+            iparams[Q_REWARD], equity, state[S_EQUITY, i], state[S_PEAK, i], state[S_DRAWDOWN, i],
+            state[S_A, i], state[S_B, i], params[P_INITIAL], params[P_PENALTY], params[P_ETA],
+        )  # fmt: skip
+        state[S_EQUITY, i] = equity
+        state[S_PEAK, i], state[S_DRAWDOWN, i], state[S_A, i], state[S_B, i] = peak, dd, a, b
+        state[S_RETURN, i] += rew
+        istate[I_LENGTH, i] += 1
+        rewards[i] = rew
+        liquidated = l_qty != 0.0
+        terminated = liquidated or equity <= 0.0
+        istate[I_LIQUIDATED, i] = liquidated
+        istate[I_TERMINATED, i] = terminated
+        istate[I_TRUNCATED, i] = (not terminated) and u >= istate[I_END, i]
+        _observe_row(i, features, market, state, istate, params, iparams, obs)
+
+
+def as_frame(bars: Any) -> pd.DataFrame:
+    """A DataFrame in the store's schema, from a DataFrame or a loader's ``Bars`` / ``Funding``."""
+    if isinstance(bars, pd.DataFrame):
+        return bars
+    if hasattr(bars, "to_frame"):
+        return bars.to_frame()
+    raise TypeError(
+        "bars and funding must be pandas DataFrames in the store's schema (bars: ts open high low "
+        f"close volume; funding: ts rate mark_price) or data.loader results, got {type(bars).__name__}"
+    )
+
+
+class BatchedMarketReplayEnv(VectorEnv):
+    """``num_envs`` independent accounts replaying the same market, stepped together.
+
+    Arguments are those of :class:`envs.replay.MarketReplayEnv` plus ``num_envs`` and ``copy``
+    (return a fresh observation array each step, as gymnasium's vector envs do; ``copy=False``
+    returns the env's own buffer, overwritten by the next step, for speed). Infos are dicts of
+    arrays of length ``num_envs`` (no ``_key`` masks: every account has every key).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        bars: Any = None,
+        funding: pd.DataFrame | None = None,
+        copy: bool = True,
+        **kwargs: Any,
+    ):
+        if bars is None:
+            raise TypeError("bars is required: a DataFrame in the store's schema or a data.loader.Bars")
+        if not (isinstance(num_envs, int) and num_envs >= 1):
+            raise ValueError(f"num_envs must be a whole number >= 1, got {num_envs!r}")
+        self.cfg = EnvConfig.from_kwargs(kwargs)
+        if funding is not None and not isinstance(funding, pd.DataFrame):
+            funding = as_frame(funding)
+        self.market: MarketData = prepare(as_frame(bars), funding, self.cfg)
+        self.starts: EpisodeStarts = episode_starts(self.market, self.cfg.window)
+        self.num_envs = num_envs
+        self.copy = copy
+        self.render_mode = None
+        cfg, n = self.cfg, num_envs
+
+        width = cfg.window * self.market.features.shape[1] + len(ACCOUNT_FEATURES)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
+        if cfg.action_type == "discrete":
+            self._action_values = np.asarray(cfg.action_values, dtype=np.float64)
+            self.single_action_space = gym.spaces.Discrete(len(cfg.action_values))
+        else:
+            low = -1.0 if cfg.shorting else 0.0
+            self.single_action_space = gym.spaces.Box(low, 1.0, (1,), np.float32)
+        self.observation_space = batch_space(self.single_observation_space, n)
+        self.action_space = batch_space(self.single_action_space, n)
+
+        m = self.market
+        # one row per bar: the 8 values a step reads of bar t share one 64-byte cache line, which
+        # matters when 1024 accounts sit at 1024 random places in a year of bars
+        columns = [m.open, m.high, m.low, m.close, m.half_spread, m.sigma, m.ref_volume, m.funding_per_unit]
+        self._market = np.ascontiguousarray(np.stack(columns, axis=1))
+        params = np.zeros(12)
+        params[P_FEE], params[P_LEVERAGE] = cfg.fee, cfg.leverage
+        params[P_MMR], params[P_LIQ_FEE] = cfg.maintenance_margin_rate, cfg.liquidation_fee
+        params[P_LOT], params[P_MIN_NOTIONAL], params[P_DEADBAND] = (
+            cfg.lot_size,
+            cfg.min_notional,
+            cfg.deadband,
+        )
+        params[P_BORROW] = cfg.borrow_rate / bars_per_year(m.bar_ms)
+        params[P_SLIP] = cfg.slippage_bps / 1e4 if cfg.slippage == "fixed_bps" else cfg.impact_k
+        params[P_INITIAL], params[P_PENALTY], params[P_ETA] = (
+            cfg.initial_equity,
+            cfg.drawdown_penalty,
+            cfg.sharpe_eta,
+        )
+        self._params = params
+        self._features = m.features.reshape(-1)
+        self._iparams = np.array(
+            [_SLIP[cfg.slippage], REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
+        )
+        self.state = np.zeros((17, n))
+        self.istate = np.zeros((7, n), dtype=np.int64)
+        self._obs = np.zeros((n, width), dtype=np.float32)
+        self._rewards = np.zeros(n)
+        self._all = np.arange(n)
+
+    # -- episodes ----------------------------------------------------------------------------
+
+    def _start_index(self, options: dict | None, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if options and options.get("start") is not None:
+            t = parse_time(options["start"])
+            i = int(np.searchsorted(self.market.ts, t))
+            inside = (self.starts.lo <= i) & (i < self.starts.hi)
+            if i >= len(self.market.ts) or self.market.ts[i] != t or not inside.any():
+                raise ValueError(
+                    f"options['start']={options['start']!r} is not a bar where an episode can start: it "
+                    f"must be a bar's open time with {max(self.market.warmup, self.cfg.window - 1)} bars "
+                    "of gap-free history before it and at least one bar after it"
+                )
+            return np.full(count, i), np.full(count, self.starts.seg_last[np.argmax(inside)])
+        if self.cfg.random_start:
+            k = self.np_random.integers(0, self.starts.count, size=count)
+        else:
+            k = np.zeros(count, dtype=np.int64)
+        return self.starts.pick(k)
+
+    def _reset_accounts(self, which: np.ndarray, options: dict | None = None) -> None:
+        start, seg_last = self._start_index(options, len(which))
+        length = self.cfg.episode_length
+        if options and options.get("length") is not None:
+            length = int(options["length"])
+            if length < 1:
+                raise ValueError(f"options['length'] must be >= 1, got {length}")
+        initial = self.cfg.initial_equity
+        self.state[:, which] = 0.0
+        for row in (S_CASH, S_EQUITY, S_PEAK):
+            self.state[row, which] = initial
+        self.istate[:, which] = 0
+        self.istate[I_IDX, which] = start
+        self.istate[I_LAST_TRADE, which] = start
+        self.istate[I_END, which] = np.minimum(start + length, seg_last)
+        _observe(which, self._features, self._market, self.state, self.istate, self._params,
+                 self._iparams, self._obs)  # fmt: skip
+
+    def _info(self) -> dict:
+        """Each account's state after the last step (or reset), as fresh arrays."""
+        s, idx = self.state, self.istate[I_IDX]
+        info = {"ts": self.market.ts[idx], "price": self._market[idx, M_CLOSE]}
+        info["position"] = s[S_QTY].copy()
+        info["cash"] = s[S_CASH].copy()
+        info["equity"] = s[S_EQUITY].copy()
+        for key, row in _TOTALS.items():
+            info[key] = s[row].copy()
+        info["trade_qty"] = s[S_TRADE_QTY].copy()
+        info["trade_price"] = s[S_TRADE_PRICE].copy()
+        info["trade_fee"] = s[S_TRADE_FEE].copy()
+        info["liquidated"] = self.istate[I_LIQUIDATED].astype(bool)
+        return info
+
+    def _obs_out(self) -> np.ndarray:
+        return self._obs.copy() if self.copy else self._obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Start a new episode in every account. ``options``: ``start`` (a bar's open time, ISO or
+        ms, the first decision bar; default a random valid bar) and ``length`` (bars to step,
+        default ``episode_length``). Episodes end early at the end of their gap-free segment."""
+        super().reset(seed=seed)
+        self.action_space.seed(seed)
+        self._reset_accounts(self._all, options)
+        return self._obs_out(), self._info()
+
+    # -- stepping ----------------------------------------------------------------------------
+
+    def _exposures(self, actions: Any) -> np.ndarray:
+        a = np.asarray(actions)
+        n = self.num_envs
+        if self.cfg.action_type == "discrete":
+            a = a.reshape(-1)
+            if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+                if a.shape == (n,) and np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
+                    a = a.astype(np.int64)
+                else:
+                    raise ValueError(
+                        f"actions must be {n} integer(s) in [0, {len(self._action_values)}), got {actions!r}"
+                    )
+            k = len(self._action_values)
+            if a.min() < 0 or a.max() >= k:
+                raise ValueError(
+                    f"action {a[(a < 0) | (a >= k)][0]} is outside Discrete({k}); the actions are "
+                    f"target exposures {list(self.cfg.action_values)}"
+                )
+            return self._action_values[a]
+        a = a.astype(np.float64).reshape(-1)
+        if a.shape != (n,):
+            raise ValueError(f"actions must have shape ({n}, 1) or ({n},), got {np.shape(actions)}")
+        low = self.single_action_space.low[0]
+        if not np.isfinite(a).all() or a.min() < low - 1e-6 or a.max() > 1 + 1e-6:
+            bad = a[(a < low - 1e-6) | (a > 1 + 1e-6) | ~np.isfinite(a)]
+            raise ValueError(f"continuous actions must lie in [{low:g}, 1], got {bad[:3]}")
+        return np.clip(a, low, 1.0)
+
+    def _advance(self, actions: Any) -> None:
+        """One compiled step of every account; results stay in the env's arrays."""
+        _step_all(
+            self._exposures(actions), self._features, self._market, self.state, self.istate,
+            self._params, self._iparams, self._obs, self._rewards,
+        )  # fmt: skip
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        self._advance(actions)
+        rewards = self._rewards.copy()
+        terminated = self.istate[I_TERMINATED].astype(bool)
+        truncated = self.istate[I_TRUNCATED].astype(bool)
+        info = self._info()
+        done = terminated | truncated
+        if done.any():
+            which = np.flatnonzero(done)
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for i in which:
+                final_obs[i] = self._obs[i].copy()
+            final_info = {k: v.copy() for k, v in info.items()}
+            final_info["episode_return"] = self.state[S_RETURN].copy()
+            final_info["episode_length"] = self.istate[I_LENGTH].copy()
+            self._reset_accounts(which)
+            fresh = self._info()
+            for k in INFO_KEYS:
+                info[k][which] = fresh[k][which]
+            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
+            info["final_info"], info["_final_info"] = final_info, done.copy()
+        return self._obs_out(), rewards, terminated, truncated, info
