@@ -100,8 +100,10 @@ def main() -> None:
         f"build: {len(bars):,} bars, {probe.market.features.shape[1]} features, window {ENV['window']}: "
         f"{time.perf_counter() - t0:.2f} s (features, costs and funding for the whole year)"
     )
-    single = single_steps_per_s(bars, funding, args.steps)
-    print(f"single env: {single:,.0f} steps/s")
+    # this shared machine's speed drifts between runs; three runs show the spread
+    runs = sorted(single_steps_per_s(bars, funding, args.steps) for _ in range(3))
+    single = runs[1]
+    print(f"single env: {single:,.0f} steps/s (median of 3; best {runs[2]:,.0f}, worst {runs[0]:,.0f})")
     bandwidth = copy_bandwidth()
     for n in (1, 64, 1024):
         for copy in (False, True):

@@ -219,3 +219,32 @@ def episode_starts(market: MarketData, window: int) -> EpisodeStarts:
 def bars_per_year(bar_ms: int) -> float:
     """Crypto trades 365 days a year."""
     return 365 * 24 * HOUR_MS / bar_ms
+
+
+def load_market(
+    symbol: str,
+    timeframe: str = "1m",
+    *,
+    exchange: str = "binance",
+    market: str = "spot",
+    start: str | int | None = None,
+    end: str | int | None = None,
+    root: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Bars (and, for ``market="perp"``, funding) of a series in the store, as the env takes them.
+
+    ``market`` is the account type: ``perp`` reads the store's ``futures`` market and its funding
+    history (``None`` when the store has none, so the env charges ``funding_rate``).
+    """
+    from data.loader import load_bars, load_funding
+
+    store_market = "futures" if market == "perp" else "spot"
+    bars = load_bars(
+        symbol, timeframe, exchange=exchange, market=store_market, start=start, end=end, root=root
+    )
+    if market != "perp":
+        return bars.to_frame(), None
+    # funding up to the close of the last bar: the env charges events inside each bar
+    stop = int(bars.ts[-1]) + (bars.bar_ms or 0) + 1
+    funding = load_funding(symbol, exchange=exchange, start=int(bars.ts[0]), end=stop, root=root)
+    return bars.to_frame(), (funding.to_frame() if len(funding) else None)

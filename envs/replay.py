@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
+from envs.market import load_market
 from envs.vector import (
     I_IDX,
     I_LIQUIDATED,
@@ -17,9 +18,11 @@ from envs.vector import (
     S_BORROW,
     S_CASH,
     S_EQUITY,
+    S_EXPOSURE,
     S_FEES,
     S_FUNDING,
     S_QTY,
+    S_REWARD,
     S_SLIPPAGE,
     S_TRADE_FEE,
     S_TRADE_PRICE,
@@ -72,7 +75,8 @@ class MarketReplayEnv(gym.Env):
     borrow`` (quote currency; funding positive when paid), this step's fill ``trade_qty
     trade_price trade_fee`` (0 when none), ``liquidated``. The reset info has the same keys.
 
-    **Arguments.** ``bars`` (DataFrame in the store's schema or a ``data.loader.Bars``),
+    **Arguments.** ``bars`` (DataFrame in the store's schema or a ``data.loader.Bars``; or build
+    from the store with :meth:`from_store`),
     ``funding`` (DataFrame ``ts rate mark_price``; perps without it pay ``funding_rate`` every
     ``funding_interval_hours``), and every field of :class:`envs.config.EnvConfig`.
 
@@ -89,14 +93,44 @@ class MarketReplayEnv(gym.Env):
         self.action_space = self._vec.single_action_space
         self._discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self._values = self._vec._action_values if self._discrete else None
-        self._exposure = np.zeros(1)
         self._done = True
         vec = self._vec
         # bound once: attribute look-ups are a large share of a step this small
-        self._step_args = (vec._features, vec._market, vec.state, vec.istate, vec._params,
-                           vec._iparams, vec._obs, vec._rewards)  # fmt: skip
-        self._state, self._istate, self._obs, self._rewards = vec.state, vec.istate, vec._obs, vec._rewards
+        self._step_args = (
+            vec._features,
+            vec._market,
+            vec._params,
+            vec._iparams,
+            vec.state,
+            vec.istate,
+            vec._obs,
+        )
+        self._state, self._istate, self._obs = vec.state, vec.istate, vec._obs
         self._ts, self._close = self.market.ts, self.market.close
+
+    @classmethod
+    def from_store(
+        cls,
+        symbol: str,
+        timeframe: str = "1m",
+        *,
+        exchange: str = "binance",
+        start=None,
+        end=None,
+        root=None,
+        **kwargs: Any,
+    ) -> MarketReplayEnv:
+        """The env over a stored series: bars, and funding for ``market="perp"``."""
+        bars, funding = load_market(
+            symbol,
+            timeframe,
+            exchange=exchange,
+            market=kwargs.get("market", "spot"),
+            start=start,
+            end=end,
+            root=root,
+        )
+        return cls(bars=bars, funding=funding, **kwargs)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -110,19 +144,19 @@ class MarketReplayEnv(gym.Env):
         if self._done:
             raise RuntimeError("the episode has ended (or never started): call reset() before step()")
         if self._discrete and isinstance(action, (int, np.integer)) and 0 <= action < len(self._values):
-            self._exposure[0] = self._values[action]  # the common case, without array checks
-            _step_all(self._exposure, *self._step_args)
+            self._state[0, S_EXPOSURE] = self._values[action]  # the common case, without array checks
+            _step_all(*self._step_args)
         else:
             vec._advance(np.reshape(action, (1, -1)))
-        flags = self._istate[:, 0].tolist()
+        flags = self._istate[0].tolist()
+        s = self._state[0].tolist()
         terminated, truncated = flags[I_TERMINATED] != 0, flags[I_TRUNCATED] != 0
         self._done = terminated or truncated
-        return self._obs[0].copy(), float(self._rewards[0]), terminated, truncated, self._info(flags)
+        return self._obs[0].copy(), s[S_REWARD], terminated, truncated, self._info(flags, s)
 
-    def _info(self, flags: list | None = None) -> dict:
-        s = self._state[:, 0].tolist()
+    def _info(self, flags: list | None = None, s: list | None = None) -> dict:
         if flags is None:
-            flags = self._istate[:, 0].tolist()
+            flags, s = self._istate[0].tolist(), self._state[0].tolist()
         t = flags[I_IDX]
         return {
             "ts": int(self._ts[t]),

@@ -22,7 +22,7 @@ from numba import njit
 from data.schema import parse_time
 from envs.accounting import SLIP_FIXED, SLIP_NONE, SLIP_SQRT, step_account
 from envs.config import EnvConfig
-from envs.market import EpisodeStarts, MarketData, bars_per_year, episode_starts, prepare
+from envs.market import EpisodeStarts, MarketData, bars_per_year, episode_starts, load_market, prepare
 from envs.rewards import REWARDS, reward_step
 
 ACCOUNT_FEATURES: tuple[str, ...] = ("exposure", "unrealized_pnl", "bars_since_trade", "margin_ratio")
@@ -33,40 +33,42 @@ INFO_KEYS: tuple[str, ...] = (
 _SLIP = {"none": SLIP_NONE, "fixed_bps": SLIP_FIXED, "sqrt_impact": SLIP_SQRT}
 _BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
 
-# Rows of the packed arrays the compiled step reads and writes. Packing keeps the call to a
-# dozen arguments: numba checks each argument's type on every call, which is what a step of
-# one account costs.
+# Columns of the packed per-account arrays (one row per account, so an account's state shares a
+# few cache lines) and rows/entries of the market and parameter arrays the compiled step reads.
+# Packing keeps the call to seven arguments: numba checks every argument's type on each call
+# (~0.1 us apiece), a large part of what one step of one account costs.
 (S_CASH, S_QTY, S_ENTRY, S_FEES, S_FUNDING, S_SLIPPAGE, S_TURNOVER, S_BORROW, S_EQUITY, S_PEAK,
- S_DRAWDOWN, S_A, S_B, S_RETURN, S_TRADE_QTY, S_TRADE_PRICE, S_TRADE_FEE) = range(17)  # fmt: skip
+ S_DRAWDOWN, S_A, S_B, S_RETURN, S_TRADE_QTY, S_TRADE_PRICE, S_TRADE_FEE, S_EXPOSURE,
+ S_REWARD) = range(19)  # fmt: skip
 I_IDX, I_END, I_LAST_TRADE, I_LENGTH, I_LIQUIDATED, I_TERMINATED, I_TRUNCATED = range(7)
 M_OPEN, M_HIGH, M_LOW, M_CLOSE, M_HALF_SPREAD, M_SIGMA, M_REF_VOLUME, M_FUNDING = range(8)
 (P_FEE, P_LEVERAGE, P_MMR, P_LIQ_FEE, P_LOT, P_MIN_NOTIONAL, P_DEADBAND, P_BORROW, P_SLIP,
  P_INITIAL, P_PENALTY, P_ETA) = range(12)  # fmt: skip
 Q_SLIP_MODE, Q_REWARD, Q_WINDOW, Q_FEATURES = range(4)
-_TOTALS = {
-    "fees": S_FEES,
-    "funding": S_FUNDING,
-    "slippage": S_SLIPPAGE,
-    "turnover": S_TURNOVER,
-    "borrow": S_BORROW,
-}
+_INFO_STATE = {
+    "position": S_QTY, "cash": S_CASH, "equity": S_EQUITY, "fees": S_FEES, "funding": S_FUNDING,
+    "slippage": S_SLIPPAGE, "turnover": S_TURNOVER, "borrow": S_BORROW, "trade_qty": S_TRADE_QTY,
+    "trade_price": S_TRADE_PRICE, "trade_fee": S_TRADE_FEE,
+}  # fmt: skip
+_INFO_STATE_KEYS = tuple(_INFO_STATE)
+_INFO_COLUMNS = np.array(list(_INFO_STATE.values()))
 
 
 @njit(cache=True)
 def _observe_row(i, features, market, state, istate, params, iparams, obs):
     """Row i of the observation: the feature rows ``t-window+1 .. t`` flattened, then the account.
     ``features`` is the C-ordered (bars, F) table flattened, so a window is one slice."""
-    t = istate[I_IDX, i]
+    t = istate[i, I_IDX]
     n_feat = iparams[Q_FEATURES]
     width = iparams[Q_WINDOW] * n_feat
     obs[i, :width] = features[(t + 1) * n_feat - width : (t + 1) * n_feat]
     c = market[t, M_CLOSE]
-    qty, cash = state[S_QTY, i], state[S_CASH, i]
+    qty, cash = state[i, S_QTY], state[i, S_CASH]
     equity = cash + qty * c
     safe = equity if equity > 0.0 else 1e-12
     obs[i, width] = qty * c / (safe * params[P_LEVERAGE])
-    obs[i, width + 1] = qty * (c - state[S_ENTRY, i]) / safe if qty != 0.0 else 0.0
-    obs[i, width + 2] = np.log1p(t - istate[I_LAST_TRADE, i]) / _BARS_SINCE_SCALE
+    obs[i, width + 1] = qty * (c - state[i, S_ENTRY]) / safe if qty != 0.0 else 0.0
+    obs[i, width + 2] = np.log1p(t - istate[i, I_LAST_TRADE]) / _BARS_SINCE_SCALE
     owes = qty < 0.0 or cash < 0.0
     obs[i, width + 3] = params[P_MMR] * abs(qty) * c / safe if owes else 0.0
 
@@ -80,63 +82,63 @@ def _observe(rows, features, market, state, istate, params, iparams, obs):
 # Not cached on disk: numba's cache checks only this file, and a cached step would keep an old
 # copy of the accounting kernel or the reward after either changed. Compiling costs ~1 s per process.
 @njit
-def _step_all(exposure, features, market, state, istate, params, iparams, obs, rewards):
+def _step_all(features, market, params, iparams, state, istate, obs):
     """Step every account one bar with the accounting kernel, then reward, flags and observation."""
-    for i in range(state.shape[1]):
-        t = istate[I_IDX, i]
+    for i in range(state.shape[0]):
+        t = istate[i, I_IDX]
         u = t + 1
-        if u > istate[I_END, i]:
+        if u > istate[i, I_END]:
             # an account past its episode's last bar is never stepped: the bars there may
             # lie across a gap or beyond the data
-            istate[I_TRUNCATED, i] = not istate[I_TERMINATED, i]
-            rewards[i] = 0.0
+            istate[i, I_TRUNCATED] = not istate[i, I_TERMINATED]
+            state[i, S_REWARD] = 0.0
             continue
-        qty0 = state[S_QTY, i]
+        qty0 = state[i, S_QTY]
         r = step_account(
-            state[S_CASH, i], qty0, exposure[i], market[t, M_CLOSE],
+            state[i, S_CASH], qty0, state[i, S_EXPOSURE], market[t, M_CLOSE],
             market[u, M_OPEN], market[u, M_HIGH], market[u, M_LOW], market[u, M_CLOSE],
             market[t, M_HALF_SPREAD], iparams[Q_SLIP_MODE], params[P_SLIP], market[t, M_SIGMA],
             market[t, M_REF_VOLUME], params[P_FEE], params[P_LEVERAGE], params[P_MMR], params[P_LIQ_FEE],
             params[P_LOT], params[P_MIN_NOTIONAL], params[P_DEADBAND], market[u, M_FUNDING], params[P_BORROW],
         )  # fmt: skip
         cash, qty, t_qty, t_price, t_fee, t_slip, l_qty, l_price, l_fee, funding, borrow, equity = r
-        state[S_CASH, i] = cash
-        state[S_QTY, i] = qty
-        istate[I_IDX, i] = u
+        state[i, S_CASH] = cash
+        state[i, S_QTY] = qty
+        istate[i, I_IDX] = u
         # average entry of the open position, for the unrealised-PnL observation
         if t_qty != 0.0:
             q1 = qty0 + t_qty
             if q1 == 0.0:
-                state[S_ENTRY, i] = 0.0
+                state[i, S_ENTRY] = 0.0
             elif qty0 == 0.0 or (qty0 > 0.0) != (q1 > 0.0):
-                state[S_ENTRY, i] = t_price
+                state[i, S_ENTRY] = t_price
             elif abs(q1) > abs(qty0):
-                state[S_ENTRY, i] = (state[S_ENTRY, i] * abs(qty0) + t_price * abs(t_qty)) / abs(q1)
-            istate[I_LAST_TRADE, i] = u
+                state[i, S_ENTRY] = (state[i, S_ENTRY] * abs(qty0) + t_price * abs(t_qty)) / abs(q1)
+            istate[i, I_LAST_TRADE] = u
         if qty == 0.0:
-            state[S_ENTRY, i] = 0.0
-        state[S_FEES, i] += t_fee + l_fee
-        state[S_FUNDING, i] += funding
-        state[S_SLIPPAGE, i] += t_slip
-        state[S_BORROW, i] += borrow
-        state[S_TURNOVER, i] += abs(t_qty) * t_price + abs(l_qty) * l_price
-        state[S_TRADE_QTY, i] = t_qty
-        state[S_TRADE_PRICE, i] = t_price
-        state[S_TRADE_FEE, i] = t_fee
+            state[i, S_ENTRY] = 0.0
+        state[i, S_FEES] += t_fee + l_fee
+        state[i, S_FUNDING] += funding
+        state[i, S_SLIPPAGE] += t_slip
+        state[i, S_BORROW] += borrow
+        state[i, S_TURNOVER] += abs(t_qty) * t_price + abs(l_qty) * l_price
+        state[i, S_TRADE_QTY] = t_qty
+        state[i, S_TRADE_PRICE] = t_price
+        state[i, S_TRADE_FEE] = t_fee
         rew, peak, dd, a, b = reward_step(
-            iparams[Q_REWARD], equity, state[S_EQUITY, i], state[S_PEAK, i], state[S_DRAWDOWN, i],
-            state[S_A, i], state[S_B, i], params[P_INITIAL], params[P_PENALTY], params[P_ETA],
+            iparams[Q_REWARD], equity, state[i, S_EQUITY], state[i, S_PEAK], state[i, S_DRAWDOWN],
+            state[i, S_A], state[i, S_B], params[P_INITIAL], params[P_PENALTY], params[P_ETA],
         )  # fmt: skip
-        state[S_EQUITY, i] = equity
-        state[S_PEAK, i], state[S_DRAWDOWN, i], state[S_A, i], state[S_B, i] = peak, dd, a, b
-        state[S_RETURN, i] += rew
-        istate[I_LENGTH, i] += 1
-        rewards[i] = rew
+        state[i, S_EQUITY] = equity
+        state[i, S_PEAK], state[i, S_DRAWDOWN], state[i, S_A], state[i, S_B] = peak, dd, a, b
+        state[i, S_RETURN] += rew
+        istate[i, I_LENGTH] += 1
+        state[i, S_REWARD] = rew
         liquidated = l_qty != 0.0
         terminated = liquidated or equity <= 0.0
-        istate[I_LIQUIDATED, i] = liquidated
-        istate[I_TERMINATED, i] = terminated
-        istate[I_TRUNCATED, i] = (not terminated) and u >= istate[I_END, i]
+        istate[i, I_LIQUIDATED] = liquidated
+        istate[i, I_TERMINATED] = terminated
+        istate[i, I_TRUNCATED] = (not terminated) and u >= istate[i, I_END]
         _observe_row(i, features, market, state, istate, params, iparams, obs)
 
 
@@ -221,11 +223,35 @@ class BatchedMarketReplayEnv(VectorEnv):
         self._iparams = np.array(
             [_SLIP[cfg.slippage], REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
         )
-        self.state = np.zeros((17, n))
-        self.istate = np.zeros((7, n), dtype=np.int64)
+        self.state = np.zeros((n, 19))
+        self.istate = np.zeros((n, 7), dtype=np.int64)
         self._obs = np.zeros((n, width), dtype=np.float32)
-        self._rewards = np.zeros(n)
         self._all = np.arange(n)
+
+    @classmethod
+    def from_store(
+        cls,
+        symbol: str,
+        timeframe: str = "1m",
+        *,
+        exchange: str = "binance",
+        start=None,
+        end=None,
+        root=None,
+        num_envs: int = 1,
+        **kwargs: Any,
+    ) -> BatchedMarketReplayEnv:
+        """The env over a stored series (see :func:`envs.market.load_market`)."""
+        bars, funding = load_market(
+            symbol,
+            timeframe,
+            exchange=exchange,
+            market=kwargs.get("market", "spot"),
+            start=start,
+            end=end,
+            root=root,
+        )
+        return cls(num_envs=num_envs, bars=bars, funding=funding, **kwargs)
 
     # -- episodes ----------------------------------------------------------------------------
 
@@ -255,29 +281,24 @@ class BatchedMarketReplayEnv(VectorEnv):
             if length < 1:
                 raise ValueError(f"options['length'] must be >= 1, got {length}")
         initial = self.cfg.initial_equity
-        self.state[:, which] = 0.0
-        for row in (S_CASH, S_EQUITY, S_PEAK):
-            self.state[row, which] = initial
-        self.istate[:, which] = 0
-        self.istate[I_IDX, which] = start
-        self.istate[I_LAST_TRADE, which] = start
-        self.istate[I_END, which] = np.minimum(start + length, seg_last)
+        self.state[which] = 0.0
+        for col in (S_CASH, S_EQUITY, S_PEAK):
+            self.state[which, col] = initial
+        self.istate[which] = 0
+        self.istate[which, I_IDX] = start
+        self.istate[which, I_LAST_TRADE] = start
+        self.istate[which, I_END] = np.minimum(start + length, seg_last)
         _observe(which, self._features, self._market, self.state, self.istate, self._params,
                  self._iparams, self._obs)  # fmt: skip
 
     def _info(self) -> dict:
         """Each account's state after the last step (or reset), as fresh arrays."""
-        s, idx = self.state, self.istate[I_IDX]
+        idx = self.istate[:, I_IDX]
         info = {"ts": self.market.ts[idx], "price": self._market[idx, M_CLOSE]}
-        info["position"] = s[S_QTY].copy()
-        info["cash"] = s[S_CASH].copy()
-        info["equity"] = s[S_EQUITY].copy()
-        for key, row in _TOTALS.items():
-            info[key] = s[row].copy()
-        info["trade_qty"] = s[S_TRADE_QTY].copy()
-        info["trade_price"] = s[S_TRADE_PRICE].copy()
-        info["trade_fee"] = s[S_TRADE_FEE].copy()
-        info["liquidated"] = self.istate[I_LIQUIDATED].astype(bool)
+        # one gather for all state columns: each row of the copy is one key's array
+        values = self.state[:, _INFO_COLUMNS].T.copy()
+        info.update(zip(_INFO_STATE_KEYS, values, strict=True))
+        info["liquidated"] = self.istate[:, I_LIQUIDATED].astype(bool)
         return info
 
     def _obs_out(self) -> np.ndarray:
@@ -324,16 +345,16 @@ class BatchedMarketReplayEnv(VectorEnv):
 
     def _advance(self, actions: Any) -> None:
         """One compiled step of every account; results stay in the env's arrays."""
+        self.state[:, S_EXPOSURE] = self._exposures(actions)
         _step_all(
-            self._exposures(actions), self._features, self._market, self.state, self.istate,
-            self._params, self._iparams, self._obs, self._rewards,
-        )  # fmt: skip
+            self._features, self._market, self._params, self._iparams, self.state, self.istate, self._obs
+        )
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         self._advance(actions)
-        rewards = self._rewards.copy()
-        terminated = self.istate[I_TERMINATED].astype(bool)
-        truncated = self.istate[I_TRUNCATED].astype(bool)
+        rewards = self.state[:, S_REWARD].copy()
+        terminated = self.istate[:, I_TERMINATED].astype(bool)
+        truncated = self.istate[:, I_TRUNCATED].astype(bool)
         info = self._info()
         done = terminated | truncated
         if done.any():
@@ -342,8 +363,8 @@ class BatchedMarketReplayEnv(VectorEnv):
             for i in which:
                 final_obs[i] = self._obs[i].copy()
             final_info = {k: v.copy() for k, v in info.items()}
-            final_info["episode_return"] = self.state[S_RETURN].copy()
-            final_info["episode_length"] = self.istate[I_LENGTH].copy()
+            final_info["episode_return"] = self.state[:, S_RETURN].copy()
+            final_info["episode_length"] = self.istate[:, I_LENGTH].copy()
             self._reset_accounts(which)
             fresh = self._info()
             for k in INFO_KEYS:

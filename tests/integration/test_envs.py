@@ -10,6 +10,8 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
+from data.schema import parse_time
+from data.store import SeriesKey, Store
 from data.synthetic import SyntheticConfig, generate
 from envs.replay import MarketReplayEnv
 from envs.sb3 import SB3VecEnv
@@ -255,3 +257,36 @@ def test_observations_are_finite_over_real_binance_history(shared_data, market, 
         assert np.isfinite(obs).all() and np.isfinite(rewards).all()
     if market == "perp":
         assert np.abs(env.market.funding_per_unit).sum() > 0  # real funding reached the accounts
+
+
+def test_from_store_reads_perp_bars_and_their_real_funding(shared_data, store_root):
+    store = Store(store_root)
+    bars = pd.read_parquet(shared_data / "binance/futures_um/BTCUSDT/1m.parquet")
+    funding = pd.read_parquet(shared_data / "binance/futures_um/BTCUSDT/funding.parquet")
+    store.write(SeriesKey.of("binance", "futures", "BTC/USDT", "1m"), bars)
+    store.write(
+        SeriesKey.of("binance", "futures", "BTC/USDT", "funding"),
+        funding.rename(columns={"funding_rate": "rate"}),
+    )
+    env = MarketReplayEnv.from_store(
+        "BTC/USDT",
+        "1m",
+        start="2025-06-01",
+        end="2025-06-03",
+        root=store_root,
+        market="perp",
+        window=8,
+        norm_window=60,
+        episode_length=100,
+    )
+    assert len(env.market) == 2 * 1440
+    # the 08:00 event of 2025-06-01 is charged at the close of the 07:59 bar, at its mark price
+    event = funding[funding.ts == parse_time("2025-06-01T08:00")].iloc[0]
+    j = int(np.searchsorted(env.market.ts, parse_time("2025-06-01T07:59")))
+    assert env.market.funding_per_unit[j] == pytest.approx(event.funding_rate * event.mark_price)
+    # 08 and 16 h of June 1, 00, 08 and 16 h of June 2, and 00 h of June 3 (at the 23:59 bar)
+    assert np.count_nonzero(env.market.funding_per_unit) == 6
+    env.reset(options={"start": "2025-06-01T07:00"})
+    for _ in range(59):
+        *_, info = env.step(2)  # long through 08:00
+    assert info["funding"] == pytest.approx(info["position"] * event.funding_rate * event.mark_price)
