@@ -63,6 +63,8 @@ class SB3VecEnv(VecEnv):
                     "l": int(final["episode_length"][i]),
                     "t": elapsed,
                 }
+                # the trading picture of the finished episode, for callbacks that log it
+                d.update({k: final[k][i].item() for k in final if k.startswith("episode_")})
         return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ info in ``infos["final_info"]``, and the observation and info of the account's *
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -39,7 +40,8 @@ _BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
 # (~0.1 us apiece), a large part of what one step of one account costs.
 (S_CASH, S_QTY, S_ENTRY, S_FEES, S_FUNDING, S_SLIPPAGE, S_TURNOVER, S_BORROW, S_EQUITY, S_PEAK,
  S_DRAWDOWN, S_A, S_B, S_RETURN, S_TRADE_QTY, S_TRADE_PRICE, S_TRADE_FEE, S_EXPOSURE,
- S_REWARD) = range(19)  # fmt: skip
+ S_REWARD, S_TRADES, S_EXPOSED, S_LOGRET_SUM, S_LOGRET_SQ, S_MAX_DRAWDOWN) = range(24)  # fmt: skip
+N_STATE = 24
 I_IDX, I_END, I_LAST_TRADE, I_LENGTH, I_LIQUIDATED, I_TERMINATED, I_TRUNCATED = range(7)
 M_OPEN, M_HIGH, M_LOW, M_CLOSE, M_HALF_SPREAD, M_SIGMA, M_REF_VOLUME, M_FUNDING = range(8)
 (P_FEE, P_LEVERAGE, P_MMR, P_LIQ_FEE, P_LOT, P_MIN_NOTIONAL, P_DEADBAND, P_BORROW, P_SLIP,
@@ -129,6 +131,15 @@ def _step_all(features, market, params, iparams, state, istate, obs):
             iparams[Q_REWARD], equity, state[i, S_EQUITY], state[i, S_PEAK], state[i, S_DRAWDOWN],
             state[i, S_A], state[i, S_B], params[P_INITIAL], params[P_PENALTY], params[P_ETA],
         )  # fmt: skip
+        # episode statistics for the trading picture of finished episodes
+        if t_qty != 0.0:
+            state[i, S_TRADES] += 1.0
+        if qty != 0.0:
+            state[i, S_EXPOSED] += 1.0
+        log_r = math.log(max(equity, 1e-12) / max(state[i, S_EQUITY], 1e-12))
+        state[i, S_LOGRET_SUM] += log_r
+        state[i, S_LOGRET_SQ] += log_r * log_r
+        state[i, S_MAX_DRAWDOWN] = max(state[i, S_MAX_DRAWDOWN], dd)
         state[i, S_EQUITY] = equity
         state[i, S_PEAK], state[i, S_DRAWDOWN], state[i, S_A], state[i, S_B] = peak, dd, a, b
         state[i, S_RETURN] += rew
@@ -223,7 +234,7 @@ class BatchedMarketReplayEnv(VectorEnv):
         self._iparams = np.array(
             [_SLIP[cfg.slippage], REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
         )
-        self.state = np.zeros((n, 19))
+        self.state = np.zeros((n, N_STATE))
         self.istate = np.zeros((n, 7), dtype=np.int64)
         self._obs = np.zeros((n, width), dtype=np.float32)
         self._all = np.arange(n)
@@ -301,6 +312,23 @@ class BatchedMarketReplayEnv(VectorEnv):
         info["liquidated"] = self.istate[:, I_LIQUIDATED].astype(bool)
         return info
 
+    def _episode_stats(self) -> dict[str, np.ndarray]:
+        """Per account, the episode so far: reward sum, bars, fills, bars in a position, maximum
+        drawdown of equity, and mean and std of per-bar log returns of equity."""
+        s, length = self.state, self.istate[:, I_LENGTH].copy()
+        n = np.maximum(length, 1)
+        mean = s[:, S_LOGRET_SUM] / n
+        var = np.maximum(s[:, S_LOGRET_SQ] / n - mean * mean, 0.0)
+        return {
+            "episode_return": s[:, S_RETURN].copy(),
+            "episode_length": length,
+            "episode_trades": s[:, S_TRADES].copy(),
+            "episode_exposed_bars": s[:, S_EXPOSED].copy(),
+            "episode_max_drawdown": s[:, S_MAX_DRAWDOWN].copy(),
+            "episode_log_return_mean": mean,
+            "episode_log_return_std": np.sqrt(var),
+        }
+
     def _obs_out(self) -> np.ndarray:
         return self._obs.copy() if self.copy else self._obs
 
@@ -363,8 +391,7 @@ class BatchedMarketReplayEnv(VectorEnv):
             for i in which:
                 final_obs[i] = self._obs[i].copy()
             final_info = {k: v.copy() for k, v in info.items()}
-            final_info["episode_return"] = self.state[:, S_RETURN].copy()
-            final_info["episode_length"] = self.istate[:, I_LENGTH].copy()
+            final_info.update(self._episode_stats())
             self._reset_accounts(which)
             fresh = self._info()
             for k in INFO_KEYS:

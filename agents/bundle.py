@@ -1,0 +1,179 @@
+"""The policy bundle: weights plus a ``spec.json`` that rebuilds the exact observation and action.
+
+A bundle is a folder::
+
+    policy/
+      model.zip    the stable-baselines3 model (weights, optimiser state)
+      spec.json    everything needed to drive it: env config (costs, features with their order,
+                   window, norm window), observation shape and dtype, action space, symbol,
+                   timeframe, data ranges, algorithm, config hash, package version, git commit
+
+:func:`load_policy` returns a :class:`Policy` with ``act(obs) -> action`` (deterministic by
+default) and refuses an env whose spec differs, naming each differing field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.config import EnvConfig
+
+SPEC_VERSION = 1
+# fields of spec.json that must equal the env's for the policy to read its observations right
+MATCHING_FIELDS = (
+    "observation_shape", "observation_dtype", "action_space", "features", "window", "norm_window",
+    "timeframe", "market",
+)  # fmt: skip
+
+
+class BundleError(ValueError):
+    """A bundle that cannot drive the env asked of it. Policy: refuse to act, naming the fields."""
+
+
+def space_spec(space: gym.Space) -> dict[str, Any]:
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "low": np.asarray(space.low).tolist(),
+            "high": np.asarray(space.high).tolist(),
+            "dtype": str(space.dtype),
+        }
+    raise BundleError(f"unsupported action space {space}")
+
+
+def env_spec(env: Any, *, timeframe: str, symbol: str = "", exchange: str = "") -> dict[str, Any]:
+    """The part of a spec that an env determines (single or batched env)."""
+    cfg: EnvConfig = env.cfg
+    obs_space = getattr(env, "single_observation_space", None) or env.observation_space
+    act_space = getattr(env, "single_action_space", None) or env.action_space
+    return {
+        "observation_shape": list(obs_space.shape),
+        "observation_dtype": str(obs_space.dtype),
+        "action_space": space_spec(act_space),
+        "action_values": list(cfg.action_values) if cfg.action_type == "discrete" else None,
+        "features": list(env.market.feature_columns),
+        "window": cfg.window,
+        "norm_window": cfg.norm_window,
+        "timeframe": timeframe,
+        "market": cfg.market,
+        "symbol": symbol,
+        "exchange": exchange,
+        "env": _plain(dataclasses.asdict(cfg)),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_bundle(path: Path, model: Any, spec: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write ``model.zip`` and ``spec.json`` (with provenance) into ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / "model.zip")
+    try:
+        version = metadata.version("klinegym")
+    except metadata.PackageNotFoundError:
+        version = None
+    full = {
+        "spec_version": SPEC_VERSION,
+        **spec,
+        "config": _plain(config),
+        "config_hash": config_hash(config),
+        "package_version": version,
+        "git_commit": _git_commit(),
+    }
+    (path / "spec.json").write_text(json.dumps(full, indent=2, default=str))
+    return path
+
+
+class Policy:
+    """A trained policy: ``act(obs)`` gives the action for one observation or a batch."""
+
+    def __init__(self, model: Any, spec: dict[str, Any], path: Path):
+        self.model, self.spec, self.path = model, spec, path
+        self.recurrent = spec.get("algo") == "recurrent_ppo"
+        self._state = None
+        self._starts = None
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+        batched = np.ndim(obs) == 2
+        if self.recurrent:
+            n = len(obs) if batched else 1
+            if self._starts is None or len(self._starts) != n:
+                self._starts = np.ones(n, dtype=bool)
+            action, self._state = self.model.predict(
+                obs, state=self._state, episode_start=self._starts, deterministic=deterministic
+            )
+            self._starts = np.zeros(n, dtype=bool)
+        else:
+            action, _ = self.model.predict(obs, deterministic=deterministic)
+        if not batched and self.spec["action_space"]["type"] == "Discrete":
+            return int(np.asarray(action).reshape(-1)[0])
+        return action
+
+    def reset(self) -> None:
+        """Forget the recurrent state (a new episode)."""
+        self._state, self._starts = None, None
+
+    def check_env(self, env: Any, timeframe: str | None = None) -> None:
+        """Refuse an env whose observations or actions differ from the ones trained on."""
+        theirs = env_spec(env, timeframe=timeframe or self.spec["timeframe"])
+        diffs = [
+            f"{k}: bundle {self.spec.get(k)!r} != env {theirs.get(k)!r}"
+            for k in MATCHING_FIELDS
+            if _plain(self.spec.get(k)) != _plain(theirs.get(k))
+        ]
+        if diffs:
+            raise BundleError(f"{self.path} cannot drive this env:\n  " + "\n  ".join(diffs))
+
+
+def load_policy(path: str | Path, env: Any = None) -> Policy:
+    """Load a bundle folder (or a run folder holding ``policy/``), without starting Ray.
+
+    With ``env``, the bundle's spec is checked against it first (:meth:`Policy.check_env`).
+    """
+    path = Path(path)
+    if (path / "policy" / "spec.json").exists():
+        path = path / "policy"
+    spec_path = path / "spec.json"
+    if not spec_path.exists():
+        raise BundleError(f"{path} is not a policy bundle (no spec.json); give a run's policy/ folder")
+    spec = json.loads(spec_path.read_text())
+    from agents.algorithms import algorithm_class
+
+    model = algorithm_class(spec["algo"]).load(path / "model.zip", device="cpu")
+    policy = Policy(model, spec, path)
+    if env is not None:
+        policy.check_env(env)
+    return policy

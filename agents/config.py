@@ -1,0 +1,201 @@
+"""The training configuration: frozen dataclasses that mirror the Hydra groups in ``conf/``.
+
+``train.py`` converts the composed ``DictConfig`` once with :func:`TrainConfig.from_dict`; code
+below it never sees OmegaConf. A key that is not a field, or a value of the wrong type, stops
+the run at start with the key's full name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.schema import iso, parse_time, timeframe_ms
+from envs.config import EnvConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. Policy: stop before any work, naming the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which series to train on and how time is split.
+
+    ``train``, ``val`` and ``test`` are ``[start, end)`` ISO ranges; each must begin at least
+    ``embargo_bars`` bars after the previous one ends, so features and episodes near a boundary
+    never see the next range. The test range is never read by training or model selection.
+    For ``exchange=synthetic`` a missing series is generated (``synthetic_seed``,
+    ``synthetic_bars``); for real exchanges a missing range is downloaded when ``download``.
+    """
+
+    exchange: str = "synthetic"
+    market: str = "spot"
+    symbol: str = "SYN/USDT"
+    timeframe: str = "1m"
+    root: str | None = None
+    train_start: str = "2024-01-01"
+    train_end: str = "2024-03-20"
+    val_start: str = "2024-03-21"
+    val_end: str = "2024-04-20"
+    test_start: str = "2024-04-21"
+    test_end: str = "2024-05-18"
+    embargo_bars: int = 1440
+    download: bool = True
+    synthetic_seed: int = 0
+    synthetic_bars: int = 200_000
+
+    def __post_init__(self) -> None:
+        bar = timeframe_ms(self.timeframe)
+        names = ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")
+        times = [parse_time(getattr(self, n)) for n in names]
+        for a, b, name in ((0, 1, "train"), (2, 3, "val"), (4, 5, "test")):
+            if times[a] >= times[b]:
+                raise ConfigError(f"data.{name}_start must be before data.{name}_end")
+        gap = self.embargo_bars * bar
+        for end, start, what in ((1, 2, "val_start"), (3, 4, "test_start")):
+            if times[start] < times[end] + gap:
+                raise ConfigError(
+                    f"data.{what}={getattr(self, names[start])} must be at least data.embargo_bars="
+                    f"{self.embargo_bars} bars after the previous range's end ({iso(times[end] + gap)})"
+                )
+
+    def range(self, split: str) -> tuple[int, int]:
+        """``(start_ms, end_ms)`` of ``train``, ``val`` or ``test``."""
+        return parse_time(getattr(self, f"{split}_start")), parse_time(getattr(self, f"{split}_end"))
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The algorithm and its hyperparameters; ``None`` keeps the library's default."""
+
+    algo: str = "ppo"
+    policy: str = "MlpPolicy"
+    net_arch: tuple[int, ...] = (64, 64)
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    n_steps: int | None = None
+    batch_size: int | None = None
+    n_epochs: int | None = None
+    gae_lambda: float | None = None
+    ent_coef: float | None = None
+    clip_range: float | None = None
+    vf_coef: float | None = None
+    max_grad_norm: float | None = None
+    buffer_size: int | None = None
+    learning_starts: int | None = None
+    train_freq: int | None = None
+    gradient_steps: int | None = None
+    tau: float | None = None
+    exploration_fraction: float | None = None
+
+    ALGOS: typing.ClassVar[tuple[str, ...]] = ("ppo", "a2c", "dqn", "sac", "td3", "recurrent_ppo")
+
+    def __post_init__(self) -> None:
+        if self.algo not in self.ALGOS:
+            raise ConfigError(
+                f"agent.algo={self.algo!r} is not offered; choose one of {', '.join(self.ALGOS)}"
+            )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The keyword arguments the algorithm takes, without unset ones."""
+        skip = {"algo", "policy", "net_arch"}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How long and on what: ``backend`` ``sb3``; ``n_envs`` accounts in the batched env."""
+
+    backend: str = "sb3"
+    total_timesteps: int = 200_000
+    n_envs: int = 16
+    eval_every: int = 50_000
+    checkpoint_every: int = 100_000
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend != "sb3":
+            raise ConfigError(f"trainer.backend={self.backend!r}: this version trains with sb3 only")
+        for name in ("total_timesteps", "n_envs", "eval_every", "checkpoint_every", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    experiment: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        try:
+            return _build(cls, values, "")
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc)) from exc
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        inner = typing.get_args(hint)[0]
+        return tuple(_check_type(v, inner, key) for v in value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and (type(value) is hint):
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{key}={value!r} must be a {getattr(hint, '__name__', hint)}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; {where} accepts: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Performance metrics and the replay evaluation report."""

@@ -1,0 +1,44 @@
+"""Train an agent: ``python train.py [+experiment=NAME] [group=option] [key=value ...]``.
+
+Thin Hydra entry point: it converts the composed config once (agents/config.py) and hands it to
+agents/training.py. The run folder is printed as the last line: ``run_dir: runs/...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from agents.config import ConfigError, TrainConfig
+
+log = logging.getLogger("train")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    values = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = TrainConfig.from_dict(values)
+        from agents.training import train
+
+        bundle = train(config, run_dir, values).bundle
+    except ConfigError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info("policy bundle: %s", bundle)
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    print(f"run_dir: {shown}")
+
+
+if __name__ == "__main__":
+    main()
