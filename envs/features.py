@@ -44,6 +44,9 @@ with ``r_0 = 0``; ``W`` is the warm-up in bars with ``N = norm_window`` (1440 by
 - ``bb_pctb``: Bollinger %B(20, 2), ``(c - (m - 2 s)) / (4 s)`` with ``m`` and ``s`` the mean
   and population std of the last 20 closes; 0.5 when they are all equal. W = 19.
 - ``macd_hist``: MACD(12, 26, 9) histogram / c, with finite-memory EMAs (below). W = N + 242.
+- ``momentum_240``, ``momentum_1440``: ``log(c_t / c_{t-k}) / (s sqrt(k))`` with ``s`` the
+  population std of ``r`` over the last ``k`` bars: the move over ``k`` bars in units of its own
+  noise, clipped to [-10, 10], 0 where ``s`` is 0. Fewer bars at a segment's start. W = k.
 - ``time_of_day``: two columns, sin and cos of the bar's open time of day (UTC). W = 0.
 - ``day_of_week``: two columns, sin and cos of the bar's open time in the week, Monday 00:00
   UTC = 0. W = 0.
@@ -206,6 +209,29 @@ def _raw_volume_z(s: _Series) -> np.ndarray:
     return _zscore(np.log1p(s.volume), VOLUME_WINDOW, clip=np.inf)
 
 
+def _momentum(s: _Series, k: int) -> np.ndarray:
+    """``log(c_t / c_{t-k}) / (sigma_t * sqrt(k))``: the move over ``k`` bars in units of its
+    own noise (a t-statistic of the drift), ``sigma_t`` the std of 1-bar log returns over ``k``
+    bars; fewer bars at the start of a segment. Clipped to [-10, 10]."""
+    c = np.log(s.close)
+    past = np.empty_like(c)
+    past[:k] = c[0]
+    past[k:] = c[:-k]
+    n = np.minimum(np.arange(len(c)), k)
+    sigma = rolling_mean_std(s.log_return, k)[1]
+    scale = sigma * np.sqrt(np.maximum(n, 1))
+    m = np.divide(c - past, scale, out=np.zeros_like(c), where=scale > 0)
+    return np.clip(m, -Z_CLIP, Z_CLIP)
+
+
+def _raw_momentum_240(s: _Series) -> np.ndarray:
+    return _momentum(s, 240)
+
+
+def _raw_momentum_1440(s: _Series) -> np.ndarray:
+    return _momentum(s, 1440)
+
+
 def _raw_taker_imbalance(s: _Series) -> np.ndarray:
     v, buy = s.volume, s.taker_buy_base
     ok = (v > 0) & np.isfinite(buy)
@@ -365,6 +391,24 @@ _SPECS = (
         zscore=True,
         columns=("macd_hist",),
         raw=_raw_macd_hist,
+    ),
+    FeatureSpec(
+        name="momentum_240",
+        doc="log(c_t / c_{t-240}) / (std of 1-bar log returns over 240 bars * sqrt(240))",
+        lookback=240,
+        zscore=False,
+        columns=("momentum_240",),
+        raw=_raw_momentum_240,
+        scale=_identity,
+    ),
+    FeatureSpec(
+        name="momentum_1440",
+        doc="log(c_t / c_{t-1440}) / (std of 1-bar log returns over 1440 bars * sqrt(1440))",
+        lookback=1440,
+        zscore=False,
+        columns=("momentum_1440",),
+        raw=_raw_momentum_1440,
+        scale=_identity,
     ),
     FeatureSpec(
         name="time_of_day",

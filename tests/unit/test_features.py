@@ -302,7 +302,7 @@ def test_flat_prices_give_zeros_and_short_series_are_finite():
     for n in (0, 1, 2):
         short = _slice(quiet, 0, n)
         out = compute_features(short, names, bar_ms=MINUTE, funding_rate=np.zeros(n))
-        assert out.shape == (n, 15) and np.isfinite(out).all()
+        assert out.shape == (n, len(columns(names))) and np.isfinite(out).all()
 
 
 # --------------------------------------------------------------------------- names and errors
@@ -348,3 +348,20 @@ def test_compute_features_rejects_gaps_bad_prices_and_missing_data():
         compute_features(bars, ["taker_imbalance"], bar_ms=MINUTE)
     with pytest.raises(ValueError, match="norm_window must be an integer >= 2"):
         compute_features(bars, ["range"], bar_ms=MINUTE, norm_window=1)
+
+
+def test_momentum_is_the_move_in_units_of_its_own_noise():
+    # closes alternate +1 % / -1 % for 300 bars, then rise 1 % a bar for 240 bars
+    steps = np.r_[np.tile([0.01, -0.01], 150), np.full(240, 0.01)]
+    closes = 100 * np.exp(np.cumsum(np.r_[0.0, steps]))
+    bars = _from_closes(closes, np.ones(len(closes)))
+    m = compute_features(bars, ["momentum_240"], bar_ms=MINUTE)[:, 0]
+    # at the end: a move of 2.4 in log price over 240 bars whose returns all equal 0.01 (std 0)
+    # is flat noise-free drift: the std is 0, so the output is 0 by the flat-window rule
+    assert m[-1] == 0.0
+    # at bar 299 (end of the alternation) the move over 240 bars is 0
+    assert m[299] == pytest.approx(0.0, abs=1e-6)
+    # at bar 300+60: 60 rises after 180 alternating bars; std over the last 240 returns by hand
+    window = np.r_[steps[120:300], steps[300:360]]
+    expected = 0.6 / (window.std() * np.sqrt(240))
+    assert m[360] == pytest.approx(expected, rel=1e-5)
