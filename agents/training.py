@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -298,7 +297,6 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> Train
     import torch
 
     torch.set_num_threads(cfg.trainer.torch_threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.trainer.torch_threads))
     device = pick_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with_funding = cfg.env.market == "perp" and cfg.data.market == "futures"
