@@ -126,7 +126,9 @@ class Policy:
         self._state = None
         self._starts = None
 
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+    def act(self, obs: np.ndarray, info: dict | None = None, deterministic: bool = True) -> np.ndarray | int:
+        """The action for ``obs`` (one observation or a batch); ``info`` is accepted so that
+        trained and rule-based policies share one interface, and is not read."""
         batched = np.ndim(obs) == 2
         if self.recurrent:
             n = len(obs) if batched else 1

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from agents.algorithms import build_model
+from agents.baselines import BuyAndHold
 from agents.bundle import env_spec, save_bundle
 from agents.config import ConfigError, DataConfig, TrainConfig
 from data.errors import DataError, DownloadError
@@ -128,7 +129,7 @@ def load_split(
 
 
 def replay(
-    act: Callable[[np.ndarray], Any],
+    act: Callable[[np.ndarray, dict], Any],
     bars: pd.DataFrame,
     funding: pd.DataFrame | None,
     env_kwargs: dict[str, Any],
@@ -147,7 +148,7 @@ def replay(
     rows = [info]
     done = False
     while not done:
-        obs, _, terminated, truncated, info = env.step(act(obs))
+        obs, _, terminated, truncated, info = env.step(act(obs, info))
         rows.append(info)
         done = terminated or truncated
     return pd.DataFrame(rows)
@@ -170,12 +171,8 @@ def replay_metrics(ledger: pd.DataFrame, timeframe: str) -> dict[str, float]:
     )
 
 
-def buy_and_hold_action(env_cfg: EnvConfig) -> Any:
-    """The action that holds a full long: the discrete action with exposure 1, or [1.0]."""
-    if env_cfg.action_type == "continuous":
-        return np.array([1.0], dtype=np.float32)
-    values = env_cfg.action_values
-    return values.index(max(values))
+def _action_values(env: EnvConfig) -> tuple[float, ...] | None:
+    return env.action_values if env.action_type == "discrete" else None
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -232,14 +229,20 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, val: tuple, env_kwargs: dict[str
             self.next_eval = cfg.trainer.eval_every
             self.best = -math.inf
             bars, funding, start = val
-            hold = replay(lambda obs: buy_and_hold_action(cfg.env), bars, funding, env_kwargs, start)
+            hold = replay(
+                BuyAndHold(_action_values(cfg.env), cfg.env.shorting).act, bars, funding, env_kwargs, start
+            )
             self.baseline = replay_metrics(hold, cfg.data.timeframe)
             self.history: list[dict] = []
 
         def _evaluate(self) -> None:
             bars, funding, start = val
             ledger = replay(
-                lambda obs: self.model.predict(obs, deterministic=True)[0], bars, funding, env_kwargs, start
+                lambda obs, info: self.model.predict(obs, deterministic=True)[0],
+                bars,
+                funding,
+                env_kwargs,
+                start,
             )
             m = replay_metrics(ledger, cfg.data.timeframe)
             for k in ("total_return", "sharpe", "max_drawdown", "trades_per_day", "fees", "exposure"):
