@@ -138,7 +138,7 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    experiment: str = "default"
+    experiment_name: str = "default"
     seed: int = 0
     device: str = "auto"
     resume: str | None = None

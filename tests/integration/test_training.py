@@ -61,7 +61,7 @@ def test_every_config_group_and_experiment_composes_into_a_train_config(override
     config = TrainConfig.from_dict(composed([override]))
     assert config.trainer.backend == "sb3"
     if override.startswith("+experiment="):
-        assert config.experiment == override.split("=")[1]
+        assert config.experiment_name == override.split("=")[1]
 
 
 def test_a_wrong_key_or_type_stops_with_the_keys_full_name():
