@@ -103,7 +103,8 @@ def test_training_writes_checkpoints_tensorboard_trading_scalars_and_a_bundle(tr
                 "validation/sharpe", "validation_buy_and_hold/sharpe", "train/loss"):  # fmt: skip
         assert tag in tags, sorted(tags)
     spec = json.loads((run / "policy" / "spec.json").read_text())
-    assert spec["observation_shape"] == [8 * 8 + 4] and spec["observation_dtype"] == "float32"
+    assert spec["observation_shape"] == [8 * 10 + 4] and spec["observation_dtype"] == "float32"
+    assert spec["features"][-2:] == ["momentum_240", "momentum_1440"]
     assert spec["action_space"] == {"type": "Discrete", "n": 2} and spec["action_values"] == [0.0, 1.0]
     assert spec["window"] == 8 and spec["timeframe"] == "1m" and spec["algo"] == "ppo"
     assert spec["ranges"]["test"] == ["2024-01-11T02:00", "2024-01-13"]
@@ -133,7 +134,7 @@ def test_a_bundle_refuses_an_env_it_was_not_trained_for(trained):
     other = MarketReplayEnv(
         bars=bars, **{**vars(config.env), "window": 16, "market": "perp", "actions": None}
     )
-    with pytest.raises(BundleError, match="observation_shape: bundle \\[68\\] != env \\[\\d+\\]") as err:
+    with pytest.raises(BundleError, match="observation_shape: bundle \\[84\\] != env \\[\\d+\\]") as err:
         load_policy(run, env=other)
     assert "window: bundle 8 != env 16" in str(err.value) and "market: bundle 'spot' != env 'perp'" in str(
         err.value
