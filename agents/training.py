@@ -29,6 +29,7 @@ from data.schema import FUNDING, iso, timeframe_ms
 from data.store import SeriesKey, Store
 from envs.config import EnvConfig
 from envs.features import warmup as feature_warmup
+from envs.market import default_features
 from envs.replay import MarketReplayEnv
 from envs.sb3 import SB3VecEnv
 from envs.vector import BatchedMarketReplayEnv
@@ -89,11 +90,7 @@ def ensure_data(d: DataConfig, with_funding: bool) -> None:
 
 def history_bars(env: EnvConfig) -> int:
     """Bars of history a decision needs before the first bar of a range."""
-    names = env.features
-    if names is None:
-        from envs.market import _default_features
-
-        names = _default_features(env)
+    names = env.features if env.features is not None else default_features(env)
     return max(feature_warmup(names, env.norm_window), env.vol_window, env.spread_window, env.window - 1)
 
 
@@ -283,10 +280,6 @@ def pick_device(device: str) -> str:
     return device
 
 
-def env_kwargs_of(env: EnvConfig) -> dict[str, Any]:
-    return dataclasses.asdict(env)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     bundle: Path
@@ -304,7 +297,7 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> Train
     run_dir.mkdir(parents=True, exist_ok=True)
     with_funding = cfg.env.market == "perp" and cfg.data.market == "futures"
     ensure_data(cfg.data, with_funding or (cfg.env.market == "perp" and cfg.data.exchange == "synthetic"))
-    env_kwargs = env_kwargs_of(cfg.env)
+    env_kwargs = dataclasses.asdict(cfg.env)
 
     train_bars, train_funding, _ = load_split(cfg.data, cfg.env, "train", with_history=False)
     val = load_split(cfg.data, cfg.env, "val", with_history=True)

@@ -1,4 +1,4 @@
-"""Store throughput: write and load one year of 1m bars (525,600 rows).
+"""Store throughput: write, load and resample one year of 1m bars (525,600 rows).
 
     python benchmarks/bench_store.py [--repeat 5]
 
@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from data.loader import load_bars
+from data.resample import resample
 from data.store import SeriesKey, Store
 from data.synthetic import SyntheticConfig, generate
 
@@ -59,6 +60,9 @@ def main() -> None:
         print(f"load_bars one month of a year: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms")
         best, median, _ = timed(lambda: loaded.to_frame(), args.repeat)
         print(f"Bars.to_frame: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms")
+        frame = loaded.to_frame()
+        best, median, _ = timed(lambda: resample(frame, "1m", "5m"), args.repeat)
+        print(f"resample the year 1m -> 5m: best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms")
         best, median, _ = timed(lambda: store.validate(key), 1)
         print(f"validate the stored year: {best * 1000:.0f} ms")
 

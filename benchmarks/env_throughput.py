@@ -26,8 +26,8 @@ YEAR_OF_MINUTES = 525_600
 ENV = dict(market="perp", window=32, features=DEFAULT_FEATURES, episode_length=10_000)
 
 
-def single_steps_per_s(bars: pd.DataFrame, funding: pd.DataFrame, steps: int) -> float:
-    env = MarketReplayEnv(bars=bars, funding=funding, **ENV)
+def steps_per_s(env, steps: int) -> float:
+    """Random actions of a 3-action env for ``steps`` steps, resetting at episode ends."""
     actions = np.random.default_rng(0).integers(0, 3, steps).tolist()
     env.reset(seed=0)
     env.step(0)  # compile outside the clock
@@ -37,6 +37,10 @@ def single_steps_per_s(bars: pd.DataFrame, funding: pd.DataFrame, steps: int) ->
         if terminated or truncated:
             env.reset()
     return steps / (time.perf_counter() - t0)
+
+
+def single_steps_per_s(bars: pd.DataFrame, funding: pd.DataFrame, steps: int) -> float:
+    return steps_per_s(MarketReplayEnv(bars=bars, funding=funding, **ENV), steps)
 
 
 def batched_steps_per_s(bars, funding, n: int, env_steps: int, copy: bool) -> tuple[float, int]:
@@ -63,7 +67,9 @@ def copy_bandwidth(nbytes: int = 256 << 20, repeat: int = 5) -> float:
     return nbytes / best
 
 
-def peer_steps_per_s(bars: pd.DataFrame, features: np.ndarray, steps: int) -> float | None:
+def make_peer(bars: pd.DataFrame, features: np.ndarray, episode: int):
+    """A gym-trading-env env over the same bars and feature values (long/flat/short, 0.05 %
+    fees), or None when it is not installed."""
     try:
         from gym_trading_env.environments import TradingEnv
     except ImportError:
@@ -75,15 +81,14 @@ def peer_steps_per_s(bars: pd.DataFrame, features: np.ndarray, steps: int) -> fl
     )
     for k in range(features.shape[1]):
         df[f"feature_{k}"] = features[:, k]
-    env = TradingEnv(df=df, positions=[-1, 0, 1], trading_fees=0.0005, verbose=0, max_episode_duration=10_000)
-    actions = np.random.default_rng(0).integers(0, 3, steps).tolist()
-    env.reset(seed=0)
-    t0 = time.perf_counter()
-    for a in actions:
-        _, _, terminated, truncated, _ = env.step(a)
-        if terminated or truncated:
-            env.reset()
-    return steps / (time.perf_counter() - t0)
+    return TradingEnv(
+        df=df, positions=[-1, 0, 1], trading_fees=0.0005, verbose=0, max_episode_duration=episode
+    )
+
+
+def peer_steps_per_s(bars: pd.DataFrame, features: np.ndarray, steps: int) -> float | None:
+    env = make_peer(bars, features, 10_000)
+    return None if env is None else steps_per_s(env, steps)
 
 
 def main() -> None:

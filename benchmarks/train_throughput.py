@@ -18,6 +18,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import pandas as pd
 import torch
+
+# the script's own folder is on sys.path when it runs: share the peer set-up with the env benchmark
+from env_throughput import make_peer
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -42,24 +45,10 @@ def steps_per_s(venv, timesteps: int) -> float:
 
 
 def peer_venv(bars: pd.DataFrame, features: np.ndarray):
-    try:
-        from gym_trading_env.environments import TradingEnv
-    except ImportError:
+    first = make_peer(bars, features, 2_000)
+    if first is None:
         return None
-    df = pd.DataFrame(
-        bars[["open", "high", "low", "close", "volume"]].to_numpy(),
-        columns=["open", "high", "low", "close", "volume"],
-        index=pd.to_datetime(bars["ts"], unit="ms"),
-    )
-    for k in range(features.shape[1]):
-        df[f"feature_{k}"] = features[:, k]
-
-    def make():
-        return TradingEnv(
-            df=df, positions=[-1, 0, 1], trading_fees=0.0005, verbose=0, max_episode_duration=2_000
-        )
-
-    return DummyVecEnv([make] * N_ENVS)
+    return DummyVecEnv([lambda: first] + [lambda: make_peer(bars, features, 2_000)] * (N_ENVS - 1))
 
 
 def main() -> None:

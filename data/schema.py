@@ -54,6 +54,15 @@ TIMEFRAMES: dict[str, int] = {
     "1w": WEEK_MS,
 }
 
+DAYS_PER_YEAR = 365
+"""Crypto trades every day: annualisation uses 365 days, never 252."""
+
+
+def bars_per_year(bar_ms: int) -> float:
+    """Bars of ``bar_ms`` in a 365-day year: 525,600 for 1m bars."""
+    return DAYS_PER_YEAR * DAY_MS / bar_ms
+
+
 FUNDING = "funding"
 TRADES = "trades"
 _INFO_BAR = re.compile(r"^(volume|dollar)-([0-9]+(?:\.[0-9]+)?)$")

@@ -31,9 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data.schema import HOUR_MS, parse_time, timeframe_ms
-
-MINUTES_PER_YEAR = 525_600
+from data.schema import HOUR_MS, bars_per_year, parse_time, timeframe_ms
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def generate(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pd.DataFrame, pd
     bar_ms = timeframe_ms(cfg.timeframe)
     start = parse_time(cfg.start)
     start -= start % bar_ms
-    sigma = cfg.annual_vol * math.sqrt(bar_ms / 60_000 / MINUTES_PER_YEAR)
+    sigma = cfg.annual_vol * math.sqrt(1.0 / bars_per_year(bar_ms))
 
     regime = _regimes(rng, n, cfg.regime_bars)
     long_var = (sigma * np.asarray(cfg.regime_vol)[regime]) ** 2

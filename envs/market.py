@@ -117,7 +117,7 @@ def prepare(bars: pd.DataFrame, funding: pd.DataFrame | None, cfg: EnvConfig) ->
     if has_taker:
         cols["taker_buy_base"] = bars["taker_buy_base"].to_numpy(dtype=np.float64)
     names = feats.check_features(
-        cfg.features if cfg.features is not None else _default_features(cfg),
+        cfg.features if cfg.features is not None else default_features(cfg),
         has_taker_buy=has_taker,
         has_funding=cfg.market == "perp",
     )
@@ -170,7 +170,7 @@ def prepare(bars: pd.DataFrame, funding: pd.DataFrame | None, cfg: EnvConfig) ->
     )
 
 
-def _default_features(cfg: EnvConfig) -> tuple[str, ...]:
+def default_features(cfg: EnvConfig) -> tuple[str, ...]:
     if cfg.market == "perp":
         return (*feats.DEFAULT_FEATURES, "funding_rate")
     return feats.DEFAULT_FEATURES
@@ -214,11 +214,6 @@ def episode_starts(market: MarketData, window: int) -> EpisodeStarts:
             "lower env.norm_window, env.vol_window or env.window, or give more data) and one bar to step"
         )
     return EpisodeStarts(lo[ok], hi[ok], last[ok])
-
-
-def bars_per_year(bar_ms: int) -> float:
-    """Crypto trades 365 days a year."""
-    return 365 * 24 * HOUR_MS / bar_ms
 
 
 def load_market(

@@ -38,8 +38,9 @@ def reward_step(
     drawdown_penalty: float,
     eta: float,
 ) -> tuple:
-    """``(reward, peak, drawdown, a, b)`` for one account stepping from ``prev_equity`` to
-    ``equity`` (see the module docstring); the last four are the reward's memory."""
+    """``(reward, peak, drawdown, a, b, log_return)`` for one account stepping from
+    ``prev_equity`` to ``equity`` (see the module docstring); ``peak drawdown a b`` are the
+    reward's memory, ``log_return`` the floored ``log(E / E')`` every kind starts from."""
     floor = RUIN_FLOOR * initial_equity
     log_r = math.log(max(equity, floor) / max(prev_equity, floor))
     peak = max(peak, equity)
@@ -57,4 +58,4 @@ def reward_step(
         b += eta * db
     else:
         reward = log_r - drawdown_penalty * max(0.0, dd - drawdown)
-    return reward, peak, dd, a, b
+    return reward, peak, dd, a, b, log_r

@@ -10,7 +10,6 @@ info in ``infos["final_info"]``, and the observation and info of the account's *
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -20,10 +19,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numba import njit
 
-from data.schema import parse_time
+from data.schema import bars_per_year, parse_time
 from envs.accounting import SLIP_FIXED, SLIP_NONE, SLIP_SQRT, step_account
 from envs.config import EnvConfig
-from envs.market import EpisodeStarts, MarketData, bars_per_year, episode_starts, load_market, prepare
+from envs.market import EpisodeStarts, MarketData, episode_starts, load_market, prepare
 from envs.rewards import REWARDS, reward_step
 
 ACCOUNT_FEATURES: tuple[str, ...] = ("exposure", "unrealized_pnl", "bars_since_trade", "margin_ratio")
@@ -127,7 +126,7 @@ def _step_all(features, market, params, iparams, state, istate, obs):
         state[i, S_TRADE_QTY] = t_qty
         state[i, S_TRADE_PRICE] = t_price
         state[i, S_TRADE_FEE] = t_fee
-        rew, peak, dd, a, b = reward_step(
+        rew, peak, dd, a, b, log_r = reward_step(
             iparams[Q_REWARD], equity, state[i, S_EQUITY], state[i, S_PEAK], state[i, S_DRAWDOWN],
             state[i, S_A], state[i, S_B], params[P_INITIAL], params[P_PENALTY], params[P_ETA],
         )  # fmt: skip
@@ -136,7 +135,6 @@ def _step_all(features, market, params, iparams, state, istate, obs):
             state[i, S_TRADES] += 1.0
         if qty != 0.0:
             state[i, S_EXPOSED] += 1.0
-        log_r = math.log(max(equity, 1e-12) / max(state[i, S_EQUITY], 1e-12))
         state[i, S_LOGRET_SUM] += log_r
         state[i, S_LOGRET_SQ] += log_r * log_r
         state[i, S_MAX_DRAWDOWN] = max(state[i, S_MAX_DRAWDOWN], dd)

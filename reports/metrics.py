@@ -23,10 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.schema import DAY_MS, timeframe_ms
-
-DAYS_PER_YEAR = 365
-"""Crypto markets trade every day: a year is 365 days of bars, weekends included."""
+from data.schema import DAYS_PER_YEAR, bars_per_year, timeframe_ms
 
 ROUND_TRIP_COLUMNS: tuple[str, ...] = (
     "entry_ts",
@@ -48,7 +45,7 @@ def periods_per_year(timeframe: str) -> float:
     ``'5m'`` -> 105,120, ``'1h'`` -> 8,760, ``'1d'`` -> 365, ``'1w'`` -> 365 / 7.
     Information bars (``volume-10``) have no fixed length and raise ``ValueError``.
     """
-    return DAYS_PER_YEAR * DAY_MS / timeframe_ms(timeframe)
+    return bars_per_year(timeframe_ms(timeframe))
 
 
 def _array(values: Any, name: str) -> np.ndarray:

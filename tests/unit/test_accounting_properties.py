@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.accounting import OUT_FIELDS, SLIP_FIXED, SLIP_NONE, SLIP_SQRT, step_account
+from envs.accounting import SLIP_FIXED, SLIP_SQRT
+from tests.unit.test_accounting import step
 
-FIELDS = ("cash", "qty", *OUT_FIELDS)
 INITIAL = 10_000.0
 PROFILE = settings(max_examples=200, deadline=None)
 
@@ -57,36 +57,18 @@ def paths(
 
 
 def run(
-    bars: list[Bar],
-    targets: list[float],
-    *,
-    half_spread: float = 0.0,
-    slip_mode: int = SLIP_NONE,
-    slip_value: float = 0.0,
-    sigma: float = 0.0,
-    ref_volume: float = 0.0,
-    fee: float = 0.0,
-    leverage: float = 1.0,
-    mmr: float = 0.004,
-    liq_fee: float = 0.005,
-    lot: float = 0.0,
-    min_notional: float = 0.0,
-    deadband: float = 0.0,
-    funding: list[float] | None = None,
-    borrow_per_bar: float = 0.0,
+    bars: list[Bar], targets: list[float], *, funding: list[float] | None = None, **costs: float
 ) -> list[dict[str, float]]:
     """Step an account from ``INITIAL`` cash through the path; one row per stepped bar with the
-    state it started from (``cash_in``, ``qty_in``) and everything ``step_account`` returned."""
+    state it started from (``cash_in``, ``qty_in``) and everything ``step_account`` returned.
+    ``costs`` are the keyword arguments of :func:`tests.unit.test_accounting.step`."""
     cash, qty, rows = INITIAL, 0.0, []
     for t, e in enumerate(targets):
-        o, h, lo, c = bars[t + 1]
-        r = step_account(
-            cash, qty, e, bars[t][3], o, h, lo, c, half_spread, slip_mode, slip_value, sigma, ref_volume,
-            fee, leverage, mmr, liq_fee, lot, min_notional, deadband,
-            funding[t] if funding else 0.0, borrow_per_bar,
-        )  # fmt: skip
-        rows.append({"cash_in": cash, "qty_in": qty, **dict(zip(FIELDS, r, strict=True))})
-        cash, qty = r[0], r[1]
+        r = step(
+            cash, qty, e, bars[t][3], bars[t + 1], funding_per_unit=funding[t] if funding else 0.0, **costs
+        )
+        rows.append({"cash_in": cash, "qty_in": qty, **r})
+        cash, qty = r["cash"], r["qty"]
     return rows
 
 
