@@ -1,11 +1,17 @@
 """The native batched replay env: N accounts stepped by one kernel call.
 
 :class:`BatchedMarketReplayEnv` implements ``gymnasium.vector.VectorEnv`` with
-``autoreset_mode = SAME_STEP``: when an account's episode ends, the step returns its reward,
-``terminated``/``truncated`` flags, its last observation in ``infos["final_obs"]`` and its last
-info in ``infos["final_info"]``, and the observation and info of the account's *next* episode
-(already reset) in their usual places. The single env (:mod:`envs.replay`) is this env with
-``num_envs=1``.
+``autoreset_mode = SAME_STEP`` (the default): when an account's episode ends, the step returns
+its reward, ``terminated``/``truncated`` flags, its last observation in ``infos["final_obs"]`` and
+its last info in ``infos["final_info"]``, and the observation and info of the account's *next*
+episode (already reset) in their usual places.
+
+``autoreset_mode = NEXT_STEP`` (gymnasium's own vector default, which Ray RLlib expects): the step
+that ends an episode returns its last observation and info, with the episode's statistics in
+``infos["episode"]`` (masked by ``infos["_episode"]``); the next step ignores that account's action
+and returns the new episode's first observation with reward 0.
+
+The single env (:mod:`envs.replay`) is this env with ``num_envs=1``.
 """
 
 from __future__ import annotations
@@ -168,8 +174,11 @@ class BatchedMarketReplayEnv(VectorEnv):
 
     Arguments are those of :class:`envs.replay.MarketReplayEnv` plus ``num_envs`` and ``copy``
     (return a fresh observation array each step, as gymnasium's vector envs do; ``copy=False``
-    returns the env's own buffer, overwritten by the next step, for speed). Infos are dicts of
-    arrays of length ``num_envs`` (no ``_key`` masks: every account has every key).
+    returns the env's own buffer, overwritten by the next step, for speed), ``autoreset_mode``
+    (see the module's docstring) and ``prepared``: a :class:`envs.market.MarketData` already built by
+    ``prepare(bars, funding, EnvConfig(**kwargs))`` with these same keyword arguments, in place of
+    ``bars``/``funding`` (workers that share one copy through Ray's object store pass it). Infos are
+    dicts of arrays of length ``num_envs`` (no ``_key`` masks: every account has every key).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -180,16 +189,26 @@ class BatchedMarketReplayEnv(VectorEnv):
         bars: Any = None,
         funding: pd.DataFrame | None = None,
         copy: bool = True,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+        prepared: MarketData | None = None,
         **kwargs: Any,
     ):
-        if bars is None:
-            raise TypeError("bars is required: a DataFrame in the store's schema or a data.loader.Bars")
+        if (bars is None) == (prepared is None):
+            raise TypeError(
+                "give bars (a DataFrame in the store's schema or a data.loader.Bars) or a prepared market"
+            )
         if not (isinstance(num_envs, int) and num_envs >= 1):
             raise ValueError(f"num_envs must be a whole number >= 1, got {num_envs!r}")
+        mode = AutoresetMode(autoreset_mode)
+        if mode not in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP):
+            raise ValueError(f"autoreset_mode must be SameStep or NextStep, got {mode.value!r}")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.cfg = EnvConfig.from_kwargs(kwargs)
-        if funding is not None and not isinstance(funding, pd.DataFrame):
-            funding = as_frame(funding)
-        self.market: MarketData = prepare(as_frame(bars), funding, self.cfg)
+        if prepared is None:
+            if funding is not None and not isinstance(funding, pd.DataFrame):
+                funding = as_frame(funding)
+            prepared = prepare(as_frame(bars), funding, self.cfg)
+        self.market: MarketData = prepared
         self.starts: EpisodeStarts = episode_starts(self.market, self.cfg.window)
         self.num_envs = num_envs
         self.copy = copy
@@ -236,6 +255,7 @@ class BatchedMarketReplayEnv(VectorEnv):
         self.istate = np.zeros((n, 7), dtype=np.int64)
         self._obs = np.zeros((n, width), dtype=np.float32)
         self._all = np.arange(n)
+        self._pending = np.zeros(n, dtype=bool)  # NEXT_STEP: accounts to reset on the next step
 
     @classmethod
     def from_store(
@@ -337,6 +357,7 @@ class BatchedMarketReplayEnv(VectorEnv):
         super().reset(seed=seed)
         self.action_space.seed(seed)
         self._reset_accounts(self._all, options)
+        self._pending[:] = False
         return self._obs_out(), self._info()
 
     # -- stepping ----------------------------------------------------------------------------
@@ -377,6 +398,8 @@ class BatchedMarketReplayEnv(VectorEnv):
         )
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if self.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP:
+            return self._step_next(actions)
         self._advance(actions)
         rewards = self.state[:, S_REWARD].copy()
         terminated = self.istate[:, I_TERMINATED].astype(bool)
@@ -396,4 +419,23 @@ class BatchedMarketReplayEnv(VectorEnv):
                 info[k][which] = fresh[k][which]
             info["final_obs"], info["_final_obs"] = final_obs, done.copy()
             info["final_info"], info["_final_info"] = final_info, done.copy()
+        return self._obs_out(), rewards, terminated, truncated, info
+
+    def _step_next(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """A NEXT_STEP step: accounts whose episode ended last step restart instead of stepping."""
+        pending = np.flatnonzero(self._pending)
+        # the kernel never steps an account at its episode's end
+        self.istate[pending, I_END] = self.istate[pending, I_IDX]
+        self._advance(actions)
+        rewards = self.state[:, S_REWARD].copy()
+        if len(pending):
+            self._reset_accounts(pending)
+            rewards[pending] = 0.0
+        terminated = self.istate[:, I_TERMINATED].astype(bool)
+        truncated = self.istate[:, I_TRUNCATED].astype(bool)
+        info = self._info()
+        done = terminated | truncated
+        if done.any():
+            info["episode"], info["_episode"] = self._episode_stats(), done.copy()
+        self._pending = done
         return self._obs_out(), rewards, terminated, truncated, info

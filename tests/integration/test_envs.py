@@ -159,6 +159,37 @@ def test_episodes_end_truncated_at_the_length_and_autoreset_in_the_same_step(syn
     assert info["final_obs"][0].shape == obs[0].shape
 
 
+def test_next_step_autoreset_returns_the_last_observation_then_restarts_on_the_following_step(synthetic):
+    bars, _ = synthetic
+    same = BatchedMarketReplayEnv(num_envs=2, bars=bars, **SMALL)
+    nxt = BatchedMarketReplayEnv(num_envs=2, bars=bars, autoreset_mode="NextStep", **SMALL)
+    assert nxt.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    options = {"start": "2024-01-02T12:00", "length": 5}
+    same.reset(seed=1, options=options)
+    nxt.reset(seed=1, options=options)
+    for _ in range(4):
+        a, b = same.step(np.array([1, 1])), nxt.step(np.array([1, 1]))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    _, s_rew, _, s_trunc, s_info = same.step(np.array([1, 1]))
+    n_obs, n_rew, _, n_trunc, n_info = nxt.step(np.array([1, 1]))
+    # the ending step: the episode's own last observation, reward and info
+    np.testing.assert_array_equal(n_obs[0], s_info["final_obs"][0])
+    np.testing.assert_array_equal(n_rew, s_rew)
+    assert n_trunc.tolist() == s_trunc.tolist() == [True, True]
+    assert n_info["equity"].tolist() == s_info["final_info"]["equity"].tolist()
+    assert n_info["_episode"].tolist() == [True, True]
+    assert n_info["episode"]["episode_length"].tolist() == [5, 5]
+    # the next step ignores the action and starts the new episode, reward 0
+    _, rew, term, trunc, info = nxt.step(np.array([1, 1]))
+    assert rew.tolist() == [0.0, 0.0] and not (term.any() or trunc.any())
+    assert info["equity"].tolist() == [10_000.0, 10_000.0] and info["position"].tolist() == [0.0, 0.0]
+    assert "episode" not in info
+    # and the episode after that steps normally
+    _, rew, *_ = nxt.step(np.array([1, 1]))
+    assert np.all(rew != 0.0)
+
+
 def test_episodes_never_straddle_a_gap_in_the_data(synthetic):
     bars, _ = synthetic
     gappy = bars.drop(index=range(3000, 3010)).reset_index(drop=True)  # a 10-minute hole
