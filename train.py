@@ -1,7 +1,8 @@
 """Train an agent: ``python train.py [+experiment=NAME] [group=option] [key=value ...]``.
 
 Thin Hydra entry point: it converts the composed config once (agents/config.py) and hands it to
-agents/training.py. The run folder is printed as the last line: ``run_dir: runs/...``.
+agents/training.py, or with ``+hparams_search=optuna`` to the Optuna search (agents/search.py).
+The run folder is printed as the last line: ``run_dir: runs/...``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +34,18 @@ def main(cfg: DictConfig) -> None:
         config = TrainConfig.from_dict(values)
         from agents.training import train
 
-        bundle = train(config, run_dir, values).bundle
+        if config.hparams_search is not None:
+            from agents.search import search
+
+            def composed(overrides: list[str]) -> dict:
+                trial = compose(config_name="config", overrides=overrides)
+                return OmegaConf.to_container(trial, resolve=True)
+
+            best = search(config, run_dir, HydraConfig.get().overrides.task, composed, train)["best"]
+            log.info("best trial %d: %s, score %.4f", best["trial"], best["params"], best["score"])
+            bundle = run_dir / "policy"
+        else:
+            bundle = train(config, run_dir, values).bundle
     except ConfigError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 A bundle is a folder::
 
     policy/
-      model.zip    the stable-baselines3 model (weights, optimiser state)
+      model.zip    the stable-baselines3 model (weights, optimiser state), or
+      rl_module/   the Ray RLlib inference RLModule (loaded with torch alone, no Ray started)
       spec.json    everything needed to drive it: env config (costs, features with their order,
                    window, norm window), observation shape and dtype, action space, symbol,
                    timeframe, data ranges, algorithm, config hash, package version, git commit
@@ -53,6 +54,13 @@ def space_spec(space: gym.Space) -> dict[str, Any]:
     raise BundleError(f"unsupported action space {space}")
 
 
+def _space(spec: dict[str, Any]) -> gym.Space:
+    """The action space a :func:`space_spec` describes."""
+    if spec["type"] == "Discrete":
+        return gym.spaces.Discrete(spec["n"])
+    return gym.spaces.Box(np.array(spec["low"]), np.array(spec["high"]), tuple(spec["shape"]), spec["dtype"])
+
+
 def env_spec(env: Any, *, timeframe: str, symbol: str = "", exchange: str = "") -> dict[str, Any]:
     """The part of a spec that an env determines (single or batched env)."""
     cfg: EnvConfig = env.cfg
@@ -97,10 +105,14 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _weights_name(spec: dict[str, Any]) -> str:
+    return "rl_module" if spec.get("backend") == "rllib" else "model.zip"
+
+
 def save_bundle(path: Path, model: Any, spec: dict[str, Any], config: dict[str, Any]) -> Path:
     """Write ``model.zip`` and ``spec.json`` (with provenance) into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
-    model.save(path / "model.zip")
+    model.save(path / _weights_name(spec))
     try:
         version = metadata.version("klinegym")
     except metadata.PackageNotFoundError:
@@ -172,9 +184,15 @@ def load_policy(path: str | Path, env: Any = None) -> Policy:
     if not spec_path.exists():
         raise BundleError(f"{path} is not a policy bundle (no spec.json); give a run's policy/ folder")
     spec = json.loads(spec_path.read_text())
-    from agents.algorithms import algorithm_class
+    weights = path / _weights_name(spec)
+    if spec.get("backend") == "rllib":
+        from agents.rllib import RLlibModel
 
-    model = algorithm_class(spec["algo"]).load(path / "model.zip", device="cpu")
+        model = RLlibModel.load(weights, _space(spec["action_space"]))
+    else:
+        from agents.algorithms import algorithm_class
+
+        model = algorithm_class(spec["algo"]).load(weights, device="cpu")
     policy = Policy(model, spec, path)
     if env is not None:
         policy.check_env(env)

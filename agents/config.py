@@ -93,7 +93,9 @@ class AgentConfig:
     tau: float | None = None
     exploration_fraction: float | None = None
 
-    ALGOS: typing.ClassVar[tuple[str, ...]] = ("ppo", "a2c", "dqn", "sac", "td3", "recurrent_ppo")
+    ALGOS: typing.ClassVar[tuple[str, ...]] = (
+        "ppo", "a2c", "dqn", "sac", "td3", "recurrent_ppo", "appo", "impala",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.algo not in self.ALGOS:
@@ -111,9 +113,22 @@ class AgentConfig:
         }
 
 
+BACKEND_ALGOS = {
+    "sb3": ("ppo", "a2c", "dqn", "sac", "td3", "recurrent_ppo"),
+    "rllib": ("ppo", "appo", "impala"),
+}
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
-    """How long and on what: ``backend`` ``sb3``; ``n_envs`` accounts in the batched env."""
+    """How long and on what.
+
+    ``backend`` ``sb3`` trains in this process on one batched env of ``n_envs`` accounts.
+    ``backend`` ``rllib`` trains with Ray RLlib: ``num_env_runners`` sampling actors (0 samples in
+    the driver), each with one batched env of ``num_envs_per_env_runner`` accounts (``null``:
+    ``n_envs``), and ``num_learners`` learner actors (0: learn in the driver), each with
+    ``num_gpus_per_learner`` GPUs.
+    """
 
     backend: str = "sb3"
     total_timesteps: int = 200_000
@@ -121,13 +136,75 @@ class TrainerConfig:
     eval_every: int = 50_000
     checkpoint_every: int = 100_000
     torch_threads: int = 1
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int | None = None
+    num_learners: int = 0
+    num_gpus_per_learner: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.backend != "sb3":
-            raise ConfigError(f"trainer.backend={self.backend!r}: this version trains with sb3 only")
+        if self.backend not in BACKEND_ALGOS:
+            raise ConfigError(f"trainer.backend={self.backend!r}: choose trainer=sb3 or trainer=rllib")
         for name in ("total_timesteps", "n_envs", "eval_every", "checkpoint_every", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1")
+        for name in ("num_env_runners", "num_learners", "num_gpus_per_learner"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trainer.{name} must be >= 0")
+        if self.num_envs_per_env_runner is not None and self.num_envs_per_env_runner < 1:
+            raise ConfigError("trainer.num_envs_per_env_runner must be >= 1 (or null for trainer.n_envs)")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where RLlib runs: ``address`` empty starts a local Ray with ``num_cpus`` (``null``: the
+    machine's cores); ``auto`` joins the cluster this machine belongs to; ``ray://host:10001``
+    joins a remote one."""
+
+    address: str = ""
+    num_cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One dimension of an Optuna search: ``type`` float, int or categorical."""
+
+    type: str = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in ("float", "int", "categorical"):
+            raise ConfigError(f"search parameter type={self.type!r}: choose float, int or categorical")
+        if self.type == "categorical" and not self.choices:
+            raise ConfigError("a categorical search parameter needs choices: [...]")
+        if self.type != "categorical" and (self.low is None or self.high is None or self.low >= self.high):
+            raise ConfigError(f"a {self.type} search parameter needs low < high")
+
+
+@dataclass(frozen=True)
+class HparamsSearchConfig:
+    """An Optuna search over ``params`` (override keys such as ``agent.learning_rate``), each
+    trial a full training run scored by ``metric`` of its final validation replay."""
+
+    n_trials: int = 8
+    metric: str = "sharpe"
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    seed: int = 0
+    storage: str | None = None
+    params: dict[str, SearchParam] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError("hparams_search.n_trials must be >= 1")
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError("hparams_search.direction must be maximize or minimize")
+        if self.sampler not in ("tpe", "random"):
+            raise ConfigError("hparams_search.sampler must be tpe or random")
+        if not self.params:
+            raise ConfigError("hparams_search.params is empty: name at least one key to search")
 
 
 @dataclass(frozen=True)
@@ -138,10 +215,21 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    hparams_search: HparamsSearchConfig | None = None
     experiment_name: str = "default"
     seed: int = 0
     device: str = "auto"
     resume: str | None = None
+
+    def __post_init__(self) -> None:
+        offered = BACKEND_ALGOS[self.trainer.backend]
+        if self.agent.algo not in offered:
+            other = next(b for b, algos in BACKEND_ALGOS.items() if self.agent.algo in algos)
+            raise ConfigError(
+                f"agent={self.agent.algo} is not offered by trainer={self.trainer.backend} "
+                f"(it offers {', '.join(offered)}); use trainer={other} or another agent"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -168,6 +256,13 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        inner = typing.get_args(hint)[1]
+        return {k: _check_type(v, inner, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, f"{key}.")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r} must be a list")
@@ -193,9 +288,5 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str):
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; {where} accepts: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
+        kwargs[name] = _check_type(value, hints[name], f"{prefix}{name}")
     return cls(**kwargs)

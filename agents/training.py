@@ -175,11 +175,66 @@ def _action_values(env: EnvConfig) -> tuple[float, ...] | None:
 # -- callbacks ----------------------------------------------------------------------------------
 
 
-def _callbacks(cfg: TrainConfig, run_dir: Path, val: tuple, env_kwargs: dict[str, Any]):
+def episode_scalars(e: dict[str, Any], periods_per_year: float, initial_equity: float) -> dict[str, float]:
+    """The trading picture of one finished episode from its last info and ``episode_*`` stats:
+    return %, Sharpe (``periods_per_year`` bars a year), max drawdown %, turnover (traded notional
+    / initial equity), fees and funding paid as % of initial equity, the fraction of bars in a
+    position, fills per day, and 1 if it ended in liquidation."""
+    length = max(float(e["episode_length"]), 1.0)
+    std, mean = float(e["episode_log_return_std"]), float(e["episode_log_return_mean"])
+    return {
+        "episode_return_pct": (float(e["equity"]) / initial_equity - 1) * 100,
+        "sharpe": mean / std * math.sqrt(periods_per_year) if std > 0 else 0.0,
+        "max_drawdown_pct": float(e["episode_max_drawdown"]) * 100,
+        "turnover": float(e["turnover"]) / initial_equity,
+        "fees_pct": float(e["fees"]) / initial_equity * 100,
+        "funding_pct": float(e["funding"]) / initial_equity * 100,
+        "exposure_time": float(e["episode_exposed_bars"]) / length,
+        "trades_per_day": float(e["episode_trades"]) / length * periods_per_year / 365,
+        "liquidation_rate": float(bool(e["liquidated"])),
+    }
+
+
+VALIDATION_SCALARS = ("total_return", "sharpe", "max_drawdown", "trades_per_day", "fees", "exposure")
+
+
+class Validator:
+    """Deterministic replays of the validation range next to buy-and-hold on it (computed once),
+    for either backend: :meth:`evaluate` takes the policy's ``act(obs, info)``."""
+
+    def __init__(self, cfg: TrainConfig, val: tuple, env_kwargs: dict[str, Any]):
+        self.timeframe = cfg.data.timeframe
+        self.val, self.env_kwargs = val, env_kwargs
+        self.best = -math.inf
+        self.history: list[dict] = []
+        hold = BuyAndHold(_action_values(cfg.env), cfg.env.shorting).act
+        self.baseline = replay_metrics(replay(hold, *val[:2], env_kwargs, val[2]), self.timeframe)
+
+    def evaluate(self, act: Callable[[np.ndarray, dict], Any], timesteps: int) -> tuple[dict, bool]:
+        """The replay's metrics (kept in ``history``) and whether they are the best Sharpe yet."""
+        bars, funding, start = self.val
+        m = replay_metrics(replay(act, bars, funding, self.env_kwargs, start), self.timeframe)
+        self.history.append({"timesteps": int(timesteps), **m})
+        best = m["sharpe"] > self.best
+        self.best = max(self.best, m["sharpe"])
+        return m, best
+
+    def scalars(self, m: dict) -> dict[str, float]:
+        """TensorBoard scalars of one evaluation: ``validation/*`` and ``validation_buy_and_hold/*``."""
+        out = {f"validation/{k}": float(m[k]) for k in VALIDATION_SCALARS}
+        out.update({f"validation_buy_and_hold/{k}": float(self.baseline[k]) for k in VALIDATION_SCALARS})
+        return out
+
+    def save(self, path: Path) -> None:
+        path.write_text(
+            json.dumps({"history": self.history, "buy_and_hold": self.baseline}, indent=2, default=float)
+        )
+
+
+def _callbacks(cfg: TrainConfig, run_dir: Path, validator: Validator):
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 
     ppy = metrics.periods_per_year(cfg.data.timeframe)
-    bars_per_day = ppy / 365
     initial = cfg.env.initial_equity
 
     class TradingMetrics(BaseCallback):
@@ -191,31 +246,15 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, val: tuple, env_kwargs: dict[str
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", ()):
                 if "episode_length" in info:
-                    self.finished.append(info)
+                    self.finished.append(episode_scalars(info, ppy, initial))
             return True
 
         def _on_rollout_end(self) -> None:
             if not getattr(self, "finished", None):
                 return
-            eps = self.finished
-            length = np.array([e["episode_length"] for e in eps], dtype=float)
-            std = np.array([e["episode_log_return_std"] for e in eps])
-            mean = np.array([e["episode_log_return_mean"] for e in eps])
-            sharpe = np.where(std > 0, mean / np.where(std > 0, std, 1) * math.sqrt(ppy), 0.0)
-            rec = self.logger.record
-            rec("trading/episode_return_pct", float(np.mean([e["equity"] / initial - 1 for e in eps]) * 100))
-            rec("trading/sharpe", float(sharpe.mean()))
-            rec("trading/max_drawdown_pct", float(np.mean([e["episode_max_drawdown"] for e in eps]) * 100))
-            rec("trading/turnover", float(np.mean([e["turnover"] / initial for e in eps])))
-            rec("trading/fees_pct", float(np.mean([e["fees"] / initial for e in eps]) * 100))
-            rec("trading/funding_pct", float(np.mean([e["funding"] / initial for e in eps]) * 100))
-            rec("trading/exposure_time", float(np.mean([e["episode_exposed_bars"] for e in eps] / length)))
-            rec(
-                "trading/trades_per_day",
-                float(np.mean([e["episode_trades"] for e in eps] / length) * bars_per_day),
-            )
-            rec("trading/liquidation_rate", float(np.mean([e["liquidated"] for e in eps])))
-            rec("trading/episodes", len(eps))
+            for k in self.finished[0]:
+                self.logger.record(f"trading/{k}", float(np.mean([e[k] for e in self.finished])))
+            self.logger.record("trading/episodes", len(self.finished))
 
     class Validation(BaseCallback):
         """Every ``eval_every`` env-steps: a deterministic replay of the validation range next to
@@ -224,30 +263,13 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, val: tuple, env_kwargs: dict[str
         def __init__(self) -> None:
             super().__init__()
             self.next_eval = cfg.trainer.eval_every
-            self.best = -math.inf
-            bars, funding, start = val
-            hold = replay(
-                BuyAndHold(_action_values(cfg.env), cfg.env.shorting).act, bars, funding, env_kwargs, start
-            )
-            self.baseline = replay_metrics(hold, cfg.data.timeframe)
-            self.history: list[dict] = []
 
         def _evaluate(self) -> None:
-            bars, funding, start = val
-            ledger = replay(
-                lambda obs, info: self.model.predict(obs, deterministic=True)[0],
-                bars,
-                funding,
-                env_kwargs,
-                start,
-            )
-            m = replay_metrics(ledger, cfg.data.timeframe)
-            for k in ("total_return", "sharpe", "max_drawdown", "trades_per_day", "fees", "exposure"):
-                self.logger.record(f"validation/{k}", float(m[k]))
-                self.logger.record(f"validation_buy_and_hold/{k}", float(self.baseline[k]))
-            self.history.append({"timesteps": self.num_timesteps, **m})
-            if m["sharpe"] > self.best:
-                self.best = m["sharpe"]
+            act = lambda obs, info: self.model.predict(obs, deterministic=True)[0]  # noqa: E731
+            m, best = validator.evaluate(act, self.num_timesteps)
+            for k, v in validator.scalars(m).items():
+                self.logger.record(k, v)
+            if best:
                 self.model.save(run_dir / "checkpoints" / "best.zip")
             self.logger.dump(self.num_timesteps)
 
@@ -261,9 +283,8 @@ def _callbacks(cfg: TrainConfig, run_dir: Path, val: tuple, env_kwargs: dict[str
             self._evaluate()
 
     every = max(cfg.trainer.checkpoint_every // cfg.trainer.n_envs, 1)
-    validation = Validation()
     checkpoints = CheckpointCallback(every, str(run_dir / "checkpoints"), name_prefix="step")
-    return CallbackList([TradingMetrics(), validation, checkpoints]), validation
+    return CallbackList([TradingMetrics(), Validation(), checkpoints])
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -288,32 +309,61 @@ class TrainResult:
     buy_and_hold: dict
 
 
-def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> TrainResult:
-    """Train per ``cfg`` into ``run_dir``: checkpoints, TensorBoard logs, the policy bundle."""
-    import torch
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """What both backends train and validate on."""
 
-    torch.set_num_threads(cfg.trainer.torch_threads)
-    device = pick_device(cfg.device)
+    train_bars: pd.DataFrame
+    train_funding: pd.DataFrame | None
+    validator: Validator
+    env_kwargs: dict[str, Any]
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path) -> RunData:
+    """Fill the store if needed, read the train and validation splits, replay buy-and-hold."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with_funding = cfg.env.market == "perp" and cfg.data.market == "futures"
     ensure_data(cfg.data, with_funding or (cfg.env.market == "perp" and cfg.data.exchange == "synthetic"))
     env_kwargs = dataclasses.asdict(cfg.env)
-
     train_bars, train_funding, _ = load_split(cfg.data, cfg.env, "train", with_history=False)
     val = load_split(cfg.data, cfg.env, "val", with_history=True)
+    log.info("train: %s bars %s -> %s", f"{len(train_bars):,}", cfg.data.train_start, cfg.data.train_end)
+    return RunData(train_bars, train_funding, Validator(cfg, val, env_kwargs), env_kwargs)
+
+
+def bundle_spec(cfg: TrainConfig, env: Any, validator: Validator) -> dict[str, Any]:
+    """The spec.json of a run's bundle: the env's part plus algorithm, backend and data ranges."""
+    return {
+        **env_spec(env, timeframe=cfg.data.timeframe, symbol=cfg.data.symbol, exchange=cfg.data.exchange),
+        "algo": cfg.agent.algo,
+        "backend": cfg.trainer.backend,
+        "data_market": cfg.data.market,
+        "ranges": {
+            s: [getattr(cfg.data, f"{s}_start"), getattr(cfg.data, f"{s}_end")]
+            for s in ("train", "val", "test")
+        },
+        "validation": validator.history[-1] if validator.history else None,
+        "validation_buy_and_hold": validator.baseline,
+    }
+
+
+def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> TrainResult:
+    """Train per ``cfg`` into ``run_dir``: checkpoints, TensorBoard logs, the policy bundle."""
+    if cfg.trainer.backend == "rllib":
+        from agents.rllib import train_rllib
+
+        return train_rllib(cfg, run_dir, config_dict)
+    import torch
+
+    torch.set_num_threads(cfg.trainer.torch_threads)
+    device = pick_device(cfg.device)
+    data = prepare_run(cfg, run_dir)
     batched = BatchedMarketReplayEnv(
-        num_envs=cfg.trainer.n_envs, bars=train_bars, funding=train_funding, copy=True, **env_kwargs
-    )
+        num_envs=cfg.trainer.n_envs, bars=data.train_bars, funding=data.train_funding, copy=True,
+        **data.env_kwargs,
+    )  # fmt: skip
     venv = SB3VecEnv(batched)
     venv.seed(cfg.seed)
-    log.info(
-        "train: %s bars %s -> %s; %d accounts",
-        f"{len(train_bars):,}",
-        cfg.data.train_start,
-        cfg.data.train_end,
-        cfg.trainer.n_envs,
-    )
-
     tb = str(run_dir / "tb")
     if cfg.resume:
         from agents.algorithms import algorithm_class
@@ -321,31 +371,14 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> Train
         model = algorithm_class(cfg.agent.algo).load(cfg.resume, env=venv, device=device, tensorboard_log=tb)
     else:
         model = build_model(cfg.agent, venv, seed=cfg.seed, device=device, tensorboard_log=tb)
-    callbacks, validation = _callbacks(cfg, run_dir, val, env_kwargs)
     model.learn(
         total_timesteps=cfg.trainer.total_timesteps,
-        callback=callbacks,
+        callback=_callbacks(cfg, run_dir, data.validator),
         tb_log_name=cfg.agent.algo,
         reset_num_timesteps=not cfg.resume,
         progress_bar=False,
     )
     model.save(run_dir / "checkpoints" / "last.zip")
-    spec = {
-        **env_spec(batched, timeframe=cfg.data.timeframe, symbol=cfg.data.symbol, exchange=cfg.data.exchange),
-        "algo": cfg.agent.algo,
-        "backend": "sb3",
-        "data_market": cfg.data.market,
-        "ranges": {
-            s: [getattr(cfg.data, f"{s}_start"), getattr(cfg.data, f"{s}_end")]
-            for s in ("train", "val", "test")
-        },
-        "validation": validation.history[-1] if validation.history else None,
-        "validation_buy_and_hold": validation.baseline,
-    }
-    bundle = save_bundle(run_dir / "policy", model, spec, config_dict)
-    (run_dir / "validation.json").write_text(
-        json.dumps(
-            {"history": validation.history, "buy_and_hold": validation.baseline}, indent=2, default=float
-        )
-    )
-    return TrainResult(bundle, model, validation.history, validation.baseline)
+    bundle = save_bundle(run_dir / "policy", model, bundle_spec(cfg, batched, data.validator), config_dict)
+    data.validator.save(run_dir / "validation.json")
+    return TrainResult(bundle, model, data.validator.history, data.validator.baseline)

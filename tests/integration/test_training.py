@@ -52,16 +52,32 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+RLLIB_ONLY = ("agent=appo", "agent=impala")
+
+
 @pytest.mark.parametrize(
     "override",
-    [f"{g}={o}" for g in ("data", "env", "agent", "trainer") for o in options(g)]
-    + [f"+experiment={o}" for o in options("experiment")],
+    [f"{g}={o}" for g in ("data", "env", "features", "agent", "trainer") for o in options(g)]
+    + [f"+experiment={o}" for o in options("experiment")]
+    + [f"+hparams_search={o}" for o in options("hparams_search")],
 )
 def test_every_config_group_and_experiment_composes_into_a_train_config(override):
-    config = TrainConfig.from_dict(composed([override]))
-    assert config.trainer.backend == "sb3"
+    overrides = [override, "trainer=rllib"] if override in RLLIB_ONLY else [override]
+    config = TrainConfig.from_dict(composed(overrides))
+    assert config.trainer.backend == ("rllib" if "trainer=rllib" in overrides else "sb3")
     if override.startswith("+experiment="):
         assert config.experiment_name == override.split("=")[1]
+    if override.startswith("features="):
+        assert config.env.features == tuple(composed([override])["env"]["features"])
+    if override.startswith("+hparams_search="):
+        assert config.hparams_search.params["agent.learning_rate"].log is True
+
+
+def test_an_algorithm_the_backend_lacks_names_the_backend_that_has_it():
+    with pytest.raises(ConfigError, match="agent=appo is not offered by trainer=sb3.*use trainer=rllib"):
+        TrainConfig.from_dict(composed(["agent=appo"]))
+    with pytest.raises(ConfigError, match="agent=sac is not offered by trainer=rllib.*use trainer=sb3"):
+        TrainConfig.from_dict(composed(["agent=sac", "trainer=rllib"]))
 
 
 def test_a_wrong_key_or_type_stops_with_the_keys_full_name():
@@ -142,21 +158,54 @@ def test_a_bundle_refuses_an_env_it_was_not_trained_for(trained):
 
 
 def test_train_py_prints_the_run_dir_last_and_refuses_a_typo(tmp_path):
-    env = {**os.environ, "KLINEGYM_DATA": str(tmp_path / "store")}
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        *SMALL,
-        "trainer.total_timesteps=512",
-        "trainer.eval_every=512",
-    ]
-    ok = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    args = ["trainer.total_timesteps=512", "trainer.eval_every=512"]
+    ok = run_train(args, tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     last = ok.stdout.strip().splitlines()[-1]
     assert last.startswith("run_dir: runs/default/")
     assert (tmp_path / last.split(": ", 1)[1] / "policy" / "spec.json").exists()
-    bad = subprocess.run(
-        [*cmd, "agent.learning_rate=fast"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
-    )
+    bad = run_train([*args, "agent.learning_rate=fast"], tmp_path, timeout=120)
     assert bad.returncode == 2
     assert "error: agent.learning_rate='fast' must be a float" in bad.stderr
+
+
+def run_train(
+    args: list[str], cwd: Path, timeout: int = 600, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KLINEGYM_DATA": str(cwd / "store")}
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, *SMALL, *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_multirun_sweep_trains_each_value_into_its_own_numbered_folder(tmp_path):
+    out = run_train(
+        ["agent.learning_rate=0.0001,0.0003", "trainer.total_timesteps=512"], tmp_path, flags=("-m",)
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (sweep,) = (tmp_path / "multirun" / "default").iterdir()
+    for job, lr in (("0", 0.0001), ("1", 0.0003)):
+        spec = json.loads((sweep / job / "policy" / "spec.json").read_text())
+        assert spec["config"]["agent"]["learning_rate"] == lr
+
+
+def test_an_optuna_search_scores_trials_on_validation_and_keeps_the_best_bundle(tmp_path):
+    import optuna
+
+    out = run_train(
+        ["+hparams_search=optuna", "hparams_search.n_trials=3", "trainer.total_timesteps=512"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / out.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    summary = json.loads((run / "search.json").read_text())
+    scores = [t["score"] for t in summary["trials"]]
+    assert len(scores) == 3 and summary["best"]["score"] == max(scores)
+    for t in summary["trials"]:
+        trained = json.loads((Path(t["run_dir"]) / "policy" / "spec.json").read_text())
+        assert trained["config"]["agent"]["learning_rate"] == t["params"]["agent.learning_rate"]
+        assert trained["validation"]["sharpe"] == t["score"]
+        assert "hparams_search" not in trained["config"]
+    best = json.loads((run / "policy" / "spec.json").read_text())
+    assert best["validation"]["sharpe"] == summary["best"]["score"]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{run / 'study.db'}")
+    assert sorted(t.value for t in study.trials) == sorted(scores)
+    assert 1e-5 <= study.best_params["agent.learning_rate"] <= 1e-3
