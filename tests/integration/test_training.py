@@ -209,3 +209,33 @@ def test_an_optuna_search_scores_trials_on_validation_and_keeps_the_best_bundle(
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{run / 'study.db'}")
     assert sorted(t.value for t in study.trials) == sorted(scores)
     assert 1e-5 <= study.best_params["agent.learning_rate"] <= 1e-3
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["agent=ppx"], 1, "Could not find 'agent/ppx'\n\nAvailable options in 'agent':"),
+        (
+            ["+experiment=btc_1m", "data.download=false"],
+            2,
+            "error: the store lacks binance/spot/BTCUSDT/1m over the data ranges; fill it with: python -m "
+            "data download exchange=binance market=spot symbol=BTC/USDT timeframe=1m start=",
+        ),
+        (
+            ["data.test_end=2024-02-01"],
+            2,
+            "error: data.synthetic_bars=20000 ends at 2024-01-14T21:19:00Z, before data.test_end=2024-02-01; "
+            "raise data.synthetic_bars or move the ranges",
+        ),
+        (
+            ["trainer=rllib", "agent=sac"],
+            2,
+            "error: agent=sac is not offered by trainer=rllib (it offers ppo, appo, impala); use trainer=sb3",
+        ),
+    ],
+    ids=["unknown-group-option", "store-lacks-the-range", "range-beyond-the-data", "algo-backend-mismatch"],
+)
+def test_bad_input_stops_at_start_naming_the_problem_and_the_fix(tmp_path, args, code, message):
+    out = run_train(args, tmp_path, timeout=120)
+    assert out.returncode == code and message in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("policy"))
