@@ -30,10 +30,10 @@ from data.store import SeriesKey, Store
 from envs.config import EnvConfig
 from envs.features import warmup as feature_warmup
 from envs.market import default_features
-from envs.replay import MarketReplayEnv
 from envs.sb3 import SB3VecEnv
 from envs.vector import BatchedMarketReplayEnv
 from reports import metrics
+from reports.replay import ReplayError, replay, replay_metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,50 +122,7 @@ def load_split(
     return bars.to_frame(), funding, start
 
 
-# -- replay -------------------------------------------------------------------------------------
-
-
-def replay(
-    act: Callable[[np.ndarray, dict], Any],
-    bars: pd.DataFrame,
-    funding: pd.DataFrame | None,
-    env_kwargs: dict[str, Any],
-    start_ts: int,
-) -> pd.DataFrame:
-    """One deterministic episode from the first valid bar at or after ``start_ts`` to the end of
-    its gap-free stretch; one row of env info per bar (the first row is the starting state)."""
-    kwargs = {**env_kwargs, "random_start": False, "episode_length": len(bars)}
-    env = MarketReplayEnv(bars=bars, funding=funding, **kwargs)
-    i = int(np.searchsorted(env.market.ts, start_ts))
-    starts = env._vec.starts
-    first = next((max(lo, i) for lo, hi in zip(starts.lo, starts.hi, strict=True) if hi > max(lo, i)), None)
-    if first is None:
-        raise ConfigError(f"no replay fits after {iso(start_ts)}: the range is shorter than the warm-up")
-    obs, info = env.reset(options={"start": int(env.market.ts[first])})
-    rows = [info]
-    done = False
-    while not done:
-        obs, _, terminated, truncated, info = env.step(act(obs, info))
-        rows.append(info)
-        done = terminated or truncated
-    return pd.DataFrame(rows)
-
-
-def replay_metrics(ledger: pd.DataFrame, timeframe: str) -> dict[str, float]:
-    """The metrics of a replay ledger (see :func:`reports.metrics.summary`)."""
-    fills = np.where(ledger["trade_qty"].to_numpy() != 0, ledger["trade_price"].to_numpy(), np.nan)
-    fees = ledger["fees"].diff().fillna(0.0).to_numpy()
-    trips = metrics.round_trips(ledger["ts"].to_numpy(), ledger["position"].to_numpy(), fills, fees)
-    return metrics.summary(
-        ledger["equity"].to_numpy(),
-        ledger["position"].to_numpy()[1:],
-        trips["pnl"].to_numpy() if len(trips) else np.empty(0),
-        periods_per_year=metrics.periods_per_year(timeframe),
-        fees=float(ledger["fees"].iloc[-1]),
-        funding=float(ledger["funding"].iloc[-1]),
-        turnover_notional=float(ledger["turnover"].iloc[-1]),
-        liquidations=int(ledger["liquidated"].sum()),
-    )
+# -- validation -------------------------------------------------------------------------------
 
 
 def _action_values(env: EnvConfig) -> tuple[float, ...] | None:
@@ -208,7 +165,10 @@ class Validator:
         self.best = -math.inf
         self.history: list[dict] = []
         hold = BuyAndHold(_action_values(cfg.env), cfg.env.shorting).act
-        self.baseline = replay_metrics(replay(hold, *val[:2], env_kwargs, val[2]), self.timeframe)
+        try:
+            self.baseline = replay_metrics(replay(hold, *val[:2], env_kwargs, val[2]), self.timeframe)
+        except ReplayError as exc:
+            raise ConfigError(f"data.val range: {exc}") from exc
 
     def evaluate(self, act: Callable[[np.ndarray, dict], Any], timesteps: int) -> tuple[dict, bool]:
         """The replay's metrics (kept in ``history``) and whether they are the best Sharpe yet."""

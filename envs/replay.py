@@ -11,23 +11,13 @@ import pandas as pd
 
 from envs.market import load_market
 from envs.vector import (
+    _INFO_STATE,
     I_IDX,
     I_LIQUIDATED,
     I_TERMINATED,
     I_TRUNCATED,
-    S_BORROW,
-    S_CASH,
-    S_EQUITY,
     S_EXPOSURE,
-    S_FEES,
-    S_FUNDING,
-    S_QTY,
     S_REWARD,
-    S_SLIPPAGE,
-    S_TRADE_FEE,
-    S_TRADE_PRICE,
-    S_TRADE_QTY,
-    S_TURNOVER,
     BatchedMarketReplayEnv,
     _step_all,
 )
@@ -73,7 +63,9 @@ class MarketReplayEnv(gym.Env):
     **Info.** ``ts`` (open time of the bar just marked), ``price`` (its close), ``position``
     (signed base quantity), ``cash``, ``equity``, cumulative ``fees funding slippage turnover
     borrow`` (quote currency; funding positive when paid), this step's fill ``trade_qty
-    trade_price trade_fee`` (0 when none), ``liquidated``. The reset info has the same keys.
+    trade_price trade_fee trade_slippage``, the liquidation's ``liquidation_qty liquidation_price
+    liquidation_fee`` and the isolated-margin ``top_up`` (0 when none), ``liquidated``
+    (:data:`envs.vector.INFO_KEYS`). The reset info has the same keys.
 
     **Arguments.** ``bars`` (DataFrame in the store's schema or a ``data.loader.Bars``; or build
     from the store with :meth:`from_store`),
@@ -158,19 +150,7 @@ class MarketReplayEnv(gym.Env):
         if flags is None:
             flags, s = self._istate[0].tolist(), self._state[0].tolist()
         t = flags[I_IDX]
-        return {
-            "ts": int(self._ts[t]),
-            "price": float(self._close[t]),
-            "position": s[S_QTY],
-            "cash": s[S_CASH],
-            "equity": s[S_EQUITY],
-            "fees": s[S_FEES],
-            "funding": s[S_FUNDING],
-            "slippage": s[S_SLIPPAGE],
-            "turnover": s[S_TURNOVER],
-            "borrow": s[S_BORROW],
-            "trade_qty": s[S_TRADE_QTY],
-            "trade_price": s[S_TRADE_PRICE],
-            "trade_fee": s[S_TRADE_FEE],
-            "liquidated": flags[I_LIQUIDATED] != 0,
-        }
+        info = {"ts": int(self._ts[t]), "price": float(self._close[t])}
+        info.update((k, s[col]) for k, col in _INFO_STATE.items())
+        info["liquidated"] = flags[I_LIQUIDATED] != 0
+        return info

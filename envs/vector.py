@@ -34,8 +34,12 @@ from envs.rewards import REWARDS, reward_step
 ACCOUNT_FEATURES: tuple[str, ...] = ("exposure", "unrealized_pnl", "bars_since_trade", "margin_ratio")
 INFO_KEYS: tuple[str, ...] = (
     "ts", "price", "position", "cash", "equity", "fees", "funding", "slippage", "turnover",
-    "borrow", "trade_qty", "trade_price", "trade_fee", "liquidated",
+    "borrow", "trade_qty", "trade_price", "trade_fee", "trade_slippage", "liquidation_qty",
+    "liquidation_price", "liquidation_fee", "top_up", "liquidated",
 )  # fmt: skip
+"""Keys of every step's info. ``fees`` .. ``borrow`` add up over the episode; ``trade_*`` (the
+policy's fill), ``liquidation_*`` (the forced close) and ``top_up`` (the loss the isolated-margin
+floor passed to the exchange, docs/accounting.md) are this step's alone."""
 _SLIP = {"none": SLIP_NONE, "fixed_bps": SLIP_FIXED, "sqrt_impact": SLIP_SQRT}
 _BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
 
@@ -45,8 +49,9 @@ _BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
 # (~0.1 us apiece), a large part of what one step of one account costs.
 (S_CASH, S_QTY, S_ENTRY, S_FEES, S_FUNDING, S_SLIPPAGE, S_TURNOVER, S_BORROW, S_EQUITY, S_PEAK,
  S_DRAWDOWN, S_A, S_B, S_RETURN, S_TRADE_QTY, S_TRADE_PRICE, S_TRADE_FEE, S_EXPOSURE,
- S_REWARD, S_TRADES, S_EXPOSED, S_LOGRET_SUM, S_LOGRET_SQ, S_MAX_DRAWDOWN) = range(24)  # fmt: skip
-N_STATE = 24
+ S_REWARD, S_TRADES, S_EXPOSED, S_LOGRET_SUM, S_LOGRET_SQ, S_MAX_DRAWDOWN, S_TRADE_SLIPPAGE,
+ S_LIQ_QTY, S_LIQ_PRICE, S_LIQ_FEE, S_TOP_UP) = range(29)  # fmt: skip
+N_STATE = 29
 I_IDX, I_END, I_LAST_TRADE, I_LENGTH, I_LIQUIDATED, I_TERMINATED, I_TRUNCATED = range(7)
 M_OPEN, M_HIGH, M_LOW, M_CLOSE, M_HALF_SPREAD, M_SIGMA, M_REF_VOLUME, M_FUNDING = range(8)
 (P_FEE, P_LEVERAGE, P_MMR, P_LIQ_FEE, P_LOT, P_MIN_NOTIONAL, P_DEADBAND, P_BORROW, P_SLIP,
@@ -55,7 +60,9 @@ Q_SLIP_MODE, Q_REWARD, Q_WINDOW, Q_FEATURES = range(4)
 _INFO_STATE = {
     "position": S_QTY, "cash": S_CASH, "equity": S_EQUITY, "fees": S_FEES, "funding": S_FUNDING,
     "slippage": S_SLIPPAGE, "turnover": S_TURNOVER, "borrow": S_BORROW, "trade_qty": S_TRADE_QTY,
-    "trade_price": S_TRADE_PRICE, "trade_fee": S_TRADE_FEE,
+    "trade_price": S_TRADE_PRICE, "trade_fee": S_TRADE_FEE, "trade_slippage": S_TRADE_SLIPPAGE,
+    "liquidation_qty": S_LIQ_QTY, "liquidation_price": S_LIQ_PRICE, "liquidation_fee": S_LIQ_FEE,
+    "top_up": S_TOP_UP,
 }  # fmt: skip
 _INFO_STATE_KEYS = tuple(_INFO_STATE)
 _INFO_COLUMNS = np.array(list(_INFO_STATE.values()))
@@ -109,6 +116,9 @@ def _step_all(features, market, params, iparams, state, istate, obs):
             params[P_LOT], params[P_MIN_NOTIONAL], params[P_DEADBAND], market[u, M_FUNDING], params[P_BORROW],
         )  # fmt: skip
         cash, qty, t_qty, t_price, t_fee, t_slip, l_qty, l_price, l_fee, funding, borrow, equity = r
+        # what the isolated-margin floor added when it set cash to 0: the loss passed to the exchange
+        flows = state[i, S_CASH] - t_qty * t_price - t_fee - l_qty * l_price - l_fee - funding - borrow
+        state[i, S_TOP_UP] = -flows if cash == 0.0 and flows < 0.0 else 0.0
         state[i, S_CASH] = cash
         state[i, S_QTY] = qty
         istate[i, I_IDX] = u
@@ -132,6 +142,10 @@ def _step_all(features, market, params, iparams, state, istate, obs):
         state[i, S_TRADE_QTY] = t_qty
         state[i, S_TRADE_PRICE] = t_price
         state[i, S_TRADE_FEE] = t_fee
+        state[i, S_TRADE_SLIPPAGE] = t_slip
+        state[i, S_LIQ_QTY] = l_qty
+        state[i, S_LIQ_PRICE] = l_price
+        state[i, S_LIQ_FEE] = l_fee
         rew, peak, dd, a, b, log_r = reward_step(
             iparams[Q_REWARD], equity, state[i, S_EQUITY], state[i, S_PEAK], state[i, S_DRAWDOWN],
             state[i, S_A], state[i, S_B], params[P_INITIAL], params[P_PENALTY], params[P_ETA],

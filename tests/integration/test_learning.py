@@ -14,7 +14,8 @@ import pytest
 
 from agents.baselines import make_baseline
 from agents.config import TrainConfig
-from agents.training import _action_values, load_split, replay, replay_metrics
+from agents.training import _action_values, load_split
+from reports.replay import replay, replay_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -51,8 +51,8 @@ def test_random_is_seeded_and_continuous_actions_stay_in_the_space():
 
 
 def test_every_baseline_drives_a_real_replay_and_unknown_names_are_refused():
-    from agents.training import replay
     from data.synthetic import SyntheticConfig, generate
+    from reports.replay import replay
 
     bars, _ = generate(SyntheticConfig(seed=2, bars=3000))
     for name in BASELINES:
