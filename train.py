@@ -1,7 +1,8 @@
 """Train an agent: ``python train.py [+experiment=NAME] [group=option] [key=value ...]``.
 
 Thin Hydra entry point: it converts the composed config once (agents/config.py) and hands it to
-agents/training.py, or with ``+hparams_search=optuna`` to the Optuna search (agents/search.py).
+agents/training.py, or with ``+hparams_search=optuna`` to the Optuna search (agents/search.py), or
+with ``+walk_forward=rolling`` to walk-forward validation (agents/walkforward.py).
 The run folder is printed as the last line: ``run_dir: runs/...``.
 """
 
@@ -44,6 +45,13 @@ def main(cfg: DictConfig) -> None:
             best = search(config, run_dir, HydraConfig.get().overrides.task, composed, train)["best"]
             log.info("best trial %d: %s, score %.4f", best["trial"], best["params"], best["score"])
             bundle = run_dir / "policy"
+        elif config.walk_forward is not None:
+            from agents.walkforward import walk_forward
+
+            combined = walk_forward(config, values, run_dir, train)["policy"]
+            log.info("walk-forward out of sample: %+.2f%%, Sharpe %.2f", combined["total_return"] * 100,
+                     combined["sharpe"])  # fmt: skip
+            bundle = run_dir / f"fold_{config.walk_forward.folds - 1}" / "policy"
         else:
             bundle = train(config, run_dir, values).bundle
     except ConfigError as exc:

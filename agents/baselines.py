@@ -6,7 +6,9 @@ rolling history, and so need nothing the live loop does not have. Each rule deci
 exposure in [-1, 1]; :class:`Baseline` maps it to the env's action (the nearest discrete target
 exposure, or the continuous value), and a long-only account turns shorts into flat.
 
-- ``buy_and_hold``: exposure 1 from the first bar.
+- ``buy_and_hold``: exposure 1 from the first bar. On spot that is all in, held. On a perpetual
+  it is ``max_leverage`` x equity, rebalanced every bar as equity moves (constant leverage, which
+  pays fees on each rebalance); evaluate with ``env.max_leverage=1`` for a 1x hold.
 - ``flat``: exposure 0 (only costs that need no trade: none).
 - ``random``: a uniformly random action each bar from a seeded generator.
 - ``sma_crossover(fast=60, slow=240)``: long when the mean of the last ``fast`` closes is above the

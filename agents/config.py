@@ -208,6 +208,29 @@ class HparamsSearchConfig:
 
 
 @dataclass(frozen=True)
+class WalkForwardConfig:
+    """Rolling folds: fold ``k`` trains on ``train_days`` from ``start`` (default
+    ``data.train_start``) + ``k * step_days`` (default ``test_days``), validates on the next
+    ``val_days`` and is tested on the ``test_days`` after that, ``data.embargo_bars`` apart."""
+
+    folds: int = 3
+    train_days: float = 30.0
+    val_days: float = 7.0
+    test_days: float = 7.0
+    step_days: float | None = None
+    start: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.folds < 1:
+            raise ConfigError("walk_forward.folds must be >= 1")
+        for name in ("train_days", "val_days", "test_days"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"walk_forward.{name} must be > 0")
+        if self.step_days is not None and self.step_days <= 0:
+            raise ConfigError("walk_forward.step_days must be > 0 (or null for walk_forward.test_days)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs."""
 
@@ -217,12 +240,15 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     hparams_search: HparamsSearchConfig | None = None
+    walk_forward: WalkForwardConfig | None = None
     experiment_name: str = "default"
     seed: int = 0
     device: str = "auto"
     resume: str | None = None
 
     def __post_init__(self) -> None:
+        if self.hparams_search is not None and self.walk_forward is not None:
+            raise ConfigError("+hparams_search and +walk_forward run one at a time; drop one")
         offered = BACKEND_ALGOS[self.trainer.backend]
         if self.agent.algo not in offered:
             other = next(b for b, algos in BACKEND_ALGOS.items() if self.agent.algo in algos)

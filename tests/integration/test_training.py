@@ -59,7 +59,8 @@ RLLIB_ONLY = ("agent=appo", "agent=impala")
     "override",
     [f"{g}={o}" for g in ("data", "env", "features", "agent", "trainer") for o in options(g)]
     + [f"+experiment={o}" for o in options("experiment")]
-    + [f"+hparams_search={o}" for o in options("hparams_search")],
+    + [f"+hparams_search={o}" for o in options("hparams_search")]
+    + [f"+walk_forward={o}" for o in options("walk_forward")],
 )
 def test_every_config_group_and_experiment_composes_into_a_train_config(override):
     overrides = [override, "trainer=rllib"] if override in RLLIB_ONLY else [override]
@@ -71,6 +72,8 @@ def test_every_config_group_and_experiment_composes_into_a_train_config(override
         assert config.env.features == tuple(composed([override])["env"]["features"])
     if override.startswith("+hparams_search="):
         assert config.hparams_search.params["agent.learning_rate"].log is True
+    if override.startswith("+walk_forward="):
+        assert config.walk_forward.folds >= 1
 
 
 def test_an_algorithm_the_backend_lacks_names_the_backend_that_has_it():

@@ -305,3 +305,21 @@ def test_summary_of_a_flat_run_without_trades_has_no_nan():
     assert not any(isinstance(v, float) and math.isnan(v) for v in s.values())
     assert s["trades"] == 0 and s["sharpe"] == 0.0 and s["profit_factor"] == 0.0
     assert isinstance(m.round_trips([], [], [], []), pd.DataFrame)
+
+
+@pytest.mark.parametrize("ppy", [365 * 1440, 365 * 24, 365])
+def test_metrics_agree_with_empyrical_where_the_conventions_are_the_same(ppy):
+    # empyrical (Quantopian's, kept as empyrical-reloaded) takes simple returns and an explicit
+    # annualization; its max drawdown is negative where ours is a positive fraction
+    ep = pytest.importorskip("empyrical")
+    rng = np.random.default_rng(ppy)
+    r = rng.standard_t(3, size=3_000) * 0.004 + 0.0001
+    e = 10_000 * np.cumprod(np.r_[1.0, 1.0 + r])
+    returns = pd.Series(m.simple_returns(e))
+    assert m.sharpe(returns, ppy) == pytest.approx(ep.sharpe_ratio(returns, annualization=ppy), rel=1e-10)
+    assert m.sortino(returns, ppy) == pytest.approx(ep.sortino_ratio(returns, annualization=ppy), rel=1e-10)
+    assert m.volatility(returns, ppy) == pytest.approx(ep.annual_volatility(returns, annualization=ppy))
+    assert m.max_drawdown(e) == pytest.approx(-ep.max_drawdown(returns), rel=1e-12)
+    assert m.cagr(e, ppy) == pytest.approx(ep.annual_return(returns, annualization=ppy), rel=1e-9)
+    assert m.calmar(e, ppy) == pytest.approx(ep.calmar_ratio(returns, annualization=ppy), rel=1e-9)
+    assert m.total_return(e) == pytest.approx(ep.cum_returns_final(returns), rel=1e-10)
