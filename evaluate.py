@@ -62,6 +62,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(summary_table(result.metrics))
+    if result.metrics["stopped_early"]:
+        print(
+            f"warning: the replay stopped before data.end: {result.metrics['stopped_early']}", file=sys.stderr
+        )
     try:
         shown = result.out.resolve().relative_to(Path.cwd())
     except ValueError:

@@ -256,10 +256,24 @@ def evaluate(cfg: EvalConfig, progress: Any = None) -> Evaluation:
         "start": iso(int(rows["ts"].iloc[0])),
         "end": iso(int(rows["ts"].iloc[-1])),
         "bars": len(rows) - 1,
+        "stopped_early": stopped_early(rows, bars, p),
         "spec": spec_summary(p),
     }
     _write(p, bars, rows, runs, result)
     return Evaluation(p.out, rows, result, runs)
+
+
+def stopped_early(rows: pd.DataFrame, bars: pd.DataFrame, p: Plan) -> str | None:
+    """Why the replay ended before the range did (a liquidation, or a gap in the data: one
+    episode never crosses a gap), or None."""
+    last = int(rows["ts"].iloc[-1])
+    if last >= p.end - timeframe_ms(p.timeframe):
+        return None
+    if bool(rows["liquidated"].iloc[-1]) or rows["equity"].iloc[-1] <= 0:
+        return f"the account was liquidated at {iso(last)}"
+    after = bars.ts[bars.ts > last]
+    resume = iso(int(after.iloc[0])) if len(after) else "the end of the data"
+    return f"gap in the data after {iso(last)} (bars resume at {resume}); evaluate the rest separately"
 
 
 def spec_summary(p: Plan) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def test_evaluation_writes_ledger_fills_metrics_and_report_over_the_test_range(r
     # the first decision is at the test range's start, and the replay runs to its end
     assert ledger["ts"].iloc[0] == pd.Timestamp("2024-01-11T02:00Z")
     assert ledger["ts"].iloc[-1] == pd.Timestamp("2024-01-12T23:59Z")
+    assert json.loads((out / "metrics.json").read_text())["stopped_early"] is None
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["baselines"]) == {
         "buy_and_hold",
@@ -141,6 +142,22 @@ def test_a_perp_baseline_with_liquidations_keeps_the_ledger_identity(tmp_path):
         assert (trades["reason"] == "liquidation").sum() == ledger["liquidated"].sum()
     equity = recompute_equity(trades, ledger, 10_000.0, charges=True)
     np.testing.assert_allclose(equity, ledger["equity"], rtol=1e-9, atol=1e-6)
+
+
+def test_a_gap_in_the_range_is_reported_as_an_early_stop(tmp_path):
+    bars, _ = generate(SyntheticConfig(seed=9, bars=6_000))
+    store = Store(tmp_path / "store")
+    store.write(SeriesKey.of("synthetic", "spot", "SYN/USDT", "1m"), bars.drop(index=range(4000, 4030)))
+    data = EvalData(exchange="synthetic", symbol="SYN/USDT", timeframe="1m", start="2024-01-02",
+                    end="2024-01-05", root=str(tmp_path / "store"))  # fmt: skip
+    env = {**composed([])["env"], "norm_window": 120}
+    result = evaluate(
+        EvalConfig(policy="buy_and_hold", data=data, env=env, baselines=(), out=str(tmp_path / "o"))
+    )
+    assert result.metrics["stopped_early"] == (
+        "gap in the data after 2024-01-03T18:39:00Z (bars resume at 2024-01-03T19:10:00Z); evaluate the rest "
+        "separately"
+    )
 
 
 def test_a_stress_override_changes_the_costs_but_not_the_decisions_of_buy_and_hold(run, tmp_path):
