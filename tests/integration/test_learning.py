@@ -40,7 +40,9 @@ def test_the_default_run_beats_buy_and_hold_and_random_on_validation_net_of_cost
     spec = json.loads((run / "policy" / "spec.json").read_text())
     policy, hold = spec["validation"], spec["validation_buy_and_hold"]
 
-    config = TrainConfig.from_dict(spec["config"])
+    values = spec["config"]
+    values["data"]["root"] = str(tmp_path / "store")  # where the run wrote its market
+    config = TrainConfig.from_dict(values)
     assert config.data.synthetic_bars == 200_000 and config.env.taker_fee is None  # the shipped default
     bars, funding, start = load_split(config.data, config.env, "val", with_history=True)
     kwargs = dict(vars(config.env))
