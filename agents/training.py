@@ -89,9 +89,10 @@ def ensure_data(d: DataConfig, with_funding: bool) -> None:
 
 
 def history_bars(env: EnvConfig) -> int:
-    """Bars of history a decision needs before the first bar of a range."""
+    """Bars of history a decision needs before its bar: the features' and costs' warm-up for the
+    oldest row of the observation window, plus the window (as :func:`envs.market.episode_starts`)."""
     names = env.features if env.features is not None else default_features(env)
-    return max(feature_warmup(names, env.norm_window), env.vol_window, env.spread_window, env.window - 1)
+    return max(feature_warmup(names, env.norm_window), env.vol_window, env.spread_window) + env.window - 1
 
 
 def load_split(

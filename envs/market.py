@@ -199,9 +199,11 @@ class EpisodeStarts:
 
 
 def episode_starts(market: MarketData, window: int) -> EpisodeStarts:
-    """Starts leave ``max(warmup, window - 1)`` bars of history inside the segment and at least
-    one bar to step into; episodes end at their segment's last bar (never across a gap)."""
-    need = max(market.warmup, window - 1)
+    """Starts leave ``warmup + window - 1`` bars of history inside the segment, so that every row
+    of the first observation's window is warmed up (a function of the bars before it alone, not of
+    where the data began), and at least one bar to step into; episodes end at their segment's last
+    bar (never across a gap)."""
+    need = market.warmup + window - 1
     lo = market.segments[:, 0] + need
     last = market.segments[:, 1] - 1
     hi = last  # a start at the last bar could not step
