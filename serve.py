@@ -1,0 +1,50 @@
+"""Serve a policy: ``python serve.py run=runs/<...> mode=paper [risk.KEY=...]``.
+
+Thin Hydra entry point over serving/: builds the bot from the bundle, the exchange client, the
+risk limits and the state store, then runs the loop until ``serve.max_bars`` decisions, a signal
+(SIGINT/SIGTERM stop after the current bar), or forever. ``command=status|halt|resume|flatten``
+operates a running or stopped bot through its state store and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from serving.app import ServeError, build, command
+
+log = logging.getLogger("serve")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    values = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        if values.get("command"):
+            print(json.dumps(command(values), indent=2, default=str))
+            return
+        server = build(values)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    def stop(signum, _frame):
+        log.info("signal %d: stopping after the current bar", signum)
+        server.stop_event.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.run()
+    print(f"decisions: {server.decisions}")
+
+
+if __name__ == "__main__":
+    main()

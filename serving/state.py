@@ -1,0 +1,593 @@
+"""The serving loop's persistent state: everything a bot must not lose across crashes and restarts.
+
+One SQLAlchemy Core code path serves SQLite (the default: a file; WAL journal, ``synchronous=NORMAL``,
+``busy_timeout`` 5000 ms on every connection) and PostgreSQL (a ``postgresql://`` URL). Every
+write is one transaction, so a kill between two statements never leaves half a record; on SQLite a
+write transaction starts with ``BEGIN IMMEDIATE``, so a read-then-write (an order's transition, taking
+commands) cannot interleave with another process's write. All timestamps are epoch ms ints.
+
+A store holds exactly one run (:meth:`StateStore.open_run` refuses another), so the ``run`` table is
+the scope of every other table and they carry no ``run_id`` of their own; client order ids carry it.
+
+Tables (one row per):
+
+- ``run``: the run this store belongs to: ``run_id bundle exchange market symbol timeframe mode``.
+- ``kv``: a trading-state key (``trading_state halted_until_ms day day_start_equity peak_equity
+  last_bar_ts`` ...) with its JSON value.
+- ``decisions``: a decided bar (``bar_ts`` key): ``obs_hash raw_action target clamped_target events``.
+- ``orders``: an order, written before it is sent (``client_id`` key): ``bar_ts side qty reduce_only
+  price_hint status exchange_id filled error created_ms updated_ms``.
+- ``fills``: a fill (``client_id trade_id`` key): ``ts_ms qty`` (signed, + buy / - sell) ``price fee``.
+- ``account``: the account as the bot last knew it (a single row): ``cash position entry
+  last_trade_ts ts_ms``.
+- ``equity``: a point of the equity curve (``ts_ms`` key): ``equity position cash price``.
+- ``risk_events``: a risk gate event: ``ts_ms kind check reason``.
+- ``commands``: an operator command (``halt resume flatten``), queued by another process:
+  ``command created_ms done_ms`` (``done_ms`` is null while pending).
+
+Order life cycle (:data:`TRANSITIONS`): ``NEW -> SENT | REJECTED | UNKNOWN | CANCELED``;
+``SENT -> PARTIALLY_FILLED | FILLED | CANCELED | REJECTED | UNKNOWN``; ``PARTIALLY_FILLED ->
+PARTIALLY_FILLED | FILLED | CANCELED | UNKNOWN``; ``UNKNOWN -> SENT | PARTIALLY_FILLED | FILLED |
+CANCELED | REJECTED``; ``FILLED CANCELED REJECTED`` are final. Repeating an order's last update with
+nothing new (a restart replaying it) is a no-op; any other move outside the table is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+
+class StateError(RuntimeError):
+    """A state store that cannot be used as asked (corrupt file, another run's store, bad URL, an
+    illegal order transition). Policy: do not start (or stop); the message names the file and the fix."""
+
+
+ORDER_STATES = ("NEW", "SENT", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "UNKNOWN")
+OPEN_ORDER_STATES = ("NEW", "SENT", "PARTIALLY_FILLED", "UNKNOWN")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "NEW": ("SENT", "REJECTED", "UNKNOWN", "CANCELED"),
+    "SENT": ("PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "UNKNOWN"),
+    "PARTIALLY_FILLED": ("PARTIALLY_FILLED", "FILLED", "CANCELED", "UNKNOWN"),
+    "UNKNOWN": ("SENT", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED"),
+    "FILLED": (),
+    "CANCELED": (),
+    "REJECTED": (),
+}
+COMMANDS = ("halt", "resume", "flatten")
+MODES = ("paper", "live")
+SQLITE_BUSY_TIMEOUT_MS = 5000
+_DIALECTS = ("sqlite", "postgresql")
+
+_meta = MetaData()
+# epoch ms overflow a 32-bit PostgreSQL integer; SQLite wants INTEGER for an autoincrement key
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+run_table = Table(
+    "run", _meta,
+    Column("run_id", String, primary_key=True),
+    Column("bundle", String, nullable=False),
+    Column("exchange", String, nullable=False),
+    Column("market", String, nullable=False),
+    Column("symbol", String, nullable=False),
+    Column("timeframe", String, nullable=False),
+    Column("mode", String, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("opened_ms", BigInteger, nullable=False),
+)  # fmt: skip
+kv_table = Table(
+    "kv", _meta,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)  # fmt: skip
+decisions_table = Table(
+    "decisions", _meta,
+    Column("bar_ts", BigInteger, primary_key=True, autoincrement=False),
+    Column("obs_hash", String, nullable=False),
+    Column("raw_action", Double, nullable=False),
+    Column("target", Double, nullable=False),
+    Column("clamped_target", Double, nullable=False),
+    Column("events", Text, nullable=False),
+)  # fmt: skip
+orders_table = Table(
+    "orders", _meta,
+    Column("client_id", String, primary_key=True),
+    Column("bar_ts", BigInteger, nullable=False),
+    Column("side", String, nullable=False),
+    Column("qty", Double, nullable=False),
+    Column("reduce_only", Boolean, nullable=False),
+    Column("price_hint", Double),
+    Column("status", String, nullable=False),
+    Column("exchange_id", String),
+    Column("filled", Double, nullable=False),
+    Column("error", Text),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)  # fmt: skip
+fills_table = Table(
+    "fills", _meta,
+    Column("client_id", String, primary_key=True),
+    Column("trade_id", String, primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("qty", Double, nullable=False),
+    Column("price", Double, nullable=False),
+    Column("fee", Double, nullable=False),
+)  # fmt: skip
+account_table = Table(
+    "account", _meta,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: one account per store
+    Column("cash", Double, nullable=False),
+    Column("position", Double, nullable=False),
+    Column("entry", Double, nullable=False),
+    Column("last_trade_ts", BigInteger),
+    Column("ts_ms", BigInteger, nullable=False),
+)  # fmt: skip
+equity_table = Table(
+    "equity", _meta,
+    Column("ts_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("equity", Double, nullable=False),
+    Column("position", Double, nullable=False),
+    Column("cash", Double, nullable=False),
+    Column("price", Double, nullable=False),
+)  # fmt: skip
+risk_events_table = Table(
+    "risk_events", _meta,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("check", String, nullable=False),
+    Column("reason", Text, nullable=False),
+)  # fmt: skip
+commands_table = Table(
+    "commands", _meta,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("command", String, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("done_ms", BigInteger),
+)  # fmt: skip
+
+
+def store_url(state: str) -> str:
+    """``'runs/x/state.db'`` or ``'/abs/state.sqlite'`` -> ``'sqlite:////abs/...'`` (relative paths are
+    resolved against the working directory); a URL (anything with ``'://'``) is returned as is."""
+    if "://" in state:
+        return state
+    if state == ":memory:":
+        return "sqlite:///:memory:"
+    return f"sqlite:///{Path(state).expanduser().resolve()}"
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """The run a state store belongs to. ``mode`` is ``paper`` or ``live``."""
+
+    run_id: str
+    bundle: str
+    exchange: str
+    market: str
+    symbol: str
+    timeframe: str
+    mode: str
+
+
+def _dumps(key: str, value: Any) -> str:
+    def default(obj: Any) -> Any:
+        # numpy scalars and arrays, without importing numpy here
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        raise TypeError(f"state key {key!r}: {type(obj).__name__} is not JSON serialisable")
+
+    return json.dumps(value, default=default)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StateStore:
+    """A bot's state in a SQLite file or a PostgreSQL database (see the module docstring).
+
+    ``state`` is a path (its folder is created) or a SQLAlchemy URL; missing tables are created.
+    """
+
+    def __init__(self, state: str):
+        self.state = str(state)
+        try:
+            url = make_url(store_url(self.state))
+        except ArgumentError as exc:
+            raise StateError(
+                f"state={self.state!r} is neither a path nor a database URL: give a SQLite file path or "
+                "postgresql://user@host/db"
+            ) from exc
+        backend = url.get_backend_name()
+        if backend not in _DIALECTS:
+            raise StateError(
+                f"state={url.render_as_string(hide_password=True)}: a {backend} database is not supported; "
+                "give a SQLite file path or a postgresql:// URL"
+            )
+        self._sqlite = backend == "sqlite"
+        self.where = url.database if self._sqlite else url.render_as_string(hide_password=True)
+        if self._sqlite and url.database and url.database != ":memory:" and not url.query.get("uri"):
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot create the folder of state store {self.where}: {exc}") from exc
+        try:
+            self._engine: Engine = create_engine(url)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise StateError(
+                f"cannot open state store {self.where}: {exc}; install its database driver "
+                "(pip install 'psycopg[binary]' for postgresql://) or give a SQLite file path"
+            ) from exc
+        if self._sqlite:
+            _sqlite_setup(self._engine)
+        # reads take no write lock on SQLite (see _sqlite_setup)
+        self._reader = self._engine.execution_options(state_read=True)
+        try:
+            _meta.create_all(self._engine)
+        except DBAPIError as exc:
+            self._engine.dispose()
+            if self._sqlite and "not a database" in str(exc.orig):
+                raise StateError(
+                    f"{self.where} is not a SQLite database (corrupt?): move it aside, or point state= at a "
+                    "new file"
+                ) from exc
+            raise StateError(
+                f"cannot open state store {self.where}: {exc.orig}; check the path or URL, its permissions "
+                "and that the database is reachable"
+            ) from exc
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection (SQLite checkpoints its WAL into the file)."""
+        self._engine.dispose()
+
+    def _insert(self, table: Table) -> Any:
+        """An INSERT that can say ``ON CONFLICT`` in this database's dialect."""
+        return sqlite.insert(table) if self._sqlite else postgresql.insert(table)
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def open_run(self, meta: RunMeta) -> None:
+        """Record ``meta`` on first use; later, check the store belongs to the same run and market.
+
+        Refused (:class:`StateError`): a store holding another run; the same run on another exchange,
+        market, symbol or timeframe; a paper run going live (its account is not the exchange's).
+        The bundle path and ``live -> paper`` may change and are recorded.
+        """
+        if meta.mode not in MODES:
+            raise StateError(f"mode={meta.mode} is not one of {', '.join(MODES)}")
+        now = _wall_ms()
+        with self._engine.begin() as conn:
+            rows = conn.execute(select(run_table)).mappings().all()
+            if not rows:
+                conn.execute(run_table.insert().values(**asdict(meta), created_ms=now, opened_ms=now))
+                return
+            old = RunMeta(**{k: rows[0][k] for k in RunMeta.__dataclass_fields__})
+            owner = f"{old.run_id} ({old.symbol} {old.timeframe} on {old.exchange} {old.market})"
+            if len(rows) > 1 or old.run_id != meta.run_id:
+                raise StateError(
+                    f"state store {self.where} belongs to run {owner}; use a new state= for run {meta.run_id}"
+                )
+            fields = ("exchange", "market", "symbol", "timeframe")
+            differ = [f"{f}={getattr(meta, f)} (recorded {getattr(old, f)})" for f in fields
+                      if getattr(meta, f) != getattr(old, f)]  # fmt: skip
+            if differ:
+                raise StateError(
+                    f"state store {self.where} belongs to run {owner}; this start asks {', '.join(differ)}: "
+                    "use a new state= for another market"
+                )
+            if old.mode == "paper" and meta.mode == "live":
+                raise StateError(
+                    f"state store {self.where} holds the paper account of run {owner}; live trading must "
+                    "start from a new state= (the paper account is not the exchange's)"
+                )
+            conn.execute(update(run_table).values(bundle=meta.bundle, mode=meta.mode, opened_ms=now))
+
+    def run(self) -> RunMeta | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(select(run_table)).mappings().first()
+        return None if row is None else RunMeta(**{k: row[k] for k in RunMeta.__dataclass_fields__})
+
+    # -- key/value trading state ------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The JSON value saved under ``key``, or ``default`` when it was never set (a key set to
+        ``None`` gives ``None``)."""
+        with self._reader.connect() as conn:
+            value = conn.execute(select(kv_table.c.value).where(kv_table.c.key == key)).scalar()
+        return default if value is None else json.loads(value)
+
+    def set(self, **values: Any) -> None:
+        """Save several keys (JSON values) in one transaction."""
+        if not values:
+            return
+        rows = [{"key": k, "value": _dumps(k, v)} for k, v in values.items()]
+        stmt = self._insert(kv_table)
+        stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
+        with self._engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def _state(self, conn: Connection) -> dict[str, Any]:
+        rows = conn.execute(select(kv_table).order_by(kv_table.c.key)).all()
+        return {k: json.loads(v) for k, v in rows}
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def record_decision(self, bar_ts: int, obs_hash: str, raw_action: float, target: float,
+                        clamped_target: float, events: list[dict]) -> bool:  # fmt: skip
+        """Record the decision at the close of ``bar_ts``; ``False`` (and nothing written) when that
+        bar was already decided, as after a restart that re-decides it."""
+        row = {
+            "bar_ts": int(bar_ts), "obs_hash": str(obs_hash), "raw_action": float(raw_action),
+            "target": float(target), "clamped_target": float(clamped_target),
+            "events": _dumps("events", list(events)),
+        }  # fmt: skip
+        with self._engine.begin() as conn:
+            result = conn.execute(self._insert(decisions_table).values(row).on_conflict_do_nothing())
+        return result.rowcount == 1
+
+    def decisions(self) -> list[dict]:
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(decisions_table).order_by(decisions_table.c.bar_ts)).mappings().all()
+        return [_decision(r) for r in rows]
+
+    # -- orders and fills -------------------------------------------------------------------------
+
+    def create_order(self, client_id: str, bar_ts: int, side: str, qty: float, reduce_only: bool,
+                     price_hint: float | None, now_ms: int) -> bool:  # fmt: skip
+        """Write an order as ``NEW`` before it is sent; ``False`` (and nothing written) when
+        ``client_id`` exists already, so a restart never makes a second order for the same bar."""
+        if side not in ("buy", "sell"):
+            raise ValueError(f"order {client_id}: side={side!r} must be 'buy' or 'sell'")
+        row = {
+            "client_id": client_id, "bar_ts": int(bar_ts), "side": side, "qty": float(qty),
+            "reduce_only": bool(reduce_only), "price_hint": None if price_hint is None else float(price_hint),
+            "status": "NEW", "exchange_id": None, "filled": 0.0, "error": None,
+            "created_ms": int(now_ms), "updated_ms": int(now_ms),
+        }  # fmt: skip
+        with self._engine.begin() as conn:
+            result = conn.execute(self._insert(orders_table).values(row).on_conflict_do_nothing())
+        return result.rowcount == 1
+
+    def update_order(self, client_id: str, status: str, now_ms: int, exchange_id: str | None = None,
+                     filled: float | None = None, error: str | None = None) -> None:  # fmt: skip
+        """Move an order to ``status`` (see :data:`TRANSITIONS`), recording what is given.
+
+        ``filled`` is the cumulative filled quantity (unsigned). Repeating the order's current status
+        with nothing new is a no-op (a restart replaying its last update); an unknown order or a move
+        outside the table raises :class:`StateError`.
+        """
+        if status not in ORDER_STATES:
+            raise StateError(f"order {client_id}: status {status!r} is not one of {', '.join(ORDER_STATES)}")
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(orders_table).where(orders_table.c.client_id == client_id).with_for_update()
+            ).mappings().first()  # fmt: skip
+            if row is None:
+                raise StateError(f"order {client_id} is not in state store {self.where}: create_order first")
+            old = row["status"]
+            given = {
+                "exchange_id": exchange_id,
+                "filled": None if filled is None else float(filled),
+                "error": error,
+            }
+            changes = {k: v for k, v in given.items() if v is not None}
+            if status == old and all(row[k] == v for k, v in changes.items()):
+                return
+            if status not in TRANSITIONS[old]:
+                allowed = ", ".join(TRANSITIONS[old]) or f"none, {old} is final"
+                raise StateError(
+                    f"order {client_id}: {old} -> {status} is not a legal transition (from {old}: {allowed})"
+                )
+            conn.execute(
+                update(orders_table).where(orders_table.c.client_id == client_id)
+                .values(status=status, updated_ms=int(now_ms), **changes)
+            )  # fmt: skip
+
+    def order(self, client_id: str) -> dict | None:
+        with self._reader.connect() as conn:
+            row = (
+                conn.execute(select(orders_table).where(orders_table.c.client_id == client_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else dict(row)
+
+    def orders(self, statuses: tuple[str, ...] | None = None) -> list[dict]:
+        """Orders, oldest first; only those in ``statuses`` when given."""
+        with self._reader.connect() as conn:
+            return self._orders(conn, statuses)
+
+    def _orders(self, conn: Connection, statuses: tuple[str, ...] | None) -> list[dict]:
+        stmt = select(orders_table).order_by(
+            orders_table.c.created_ms, orders_table.c.bar_ts, orders_table.c.client_id
+        )
+        if statuses is not None:
+            stmt = stmt.where(orders_table.c.status.in_(list(statuses)))
+        return [dict(r) for r in conn.execute(stmt).mappings().all()]
+
+    def record_fill(
+        self, client_id: str, trade_id: str, ts_ms: int, qty: float, price: float, fee: float
+    ) -> bool:
+        """Record a fill (``qty`` signed: + buy, - sell); ``False`` (and nothing written) when
+        ``(client_id, trade_id)`` was recorded already. ``client_id`` need not name an order: the paper
+        broker's rebalances and liquidations have their own ids."""
+        row = {"client_id": client_id, "trade_id": str(trade_id), "ts_ms": int(ts_ms), "qty": float(qty),
+               "price": float(price), "fee": float(fee)}  # fmt: skip
+        with self._engine.begin() as conn:
+            result = conn.execute(self._insert(fills_table).values(row).on_conflict_do_nothing())
+        return result.rowcount == 1
+
+    def fills(self, client_id: str | None = None) -> list[dict]:
+        """Fills in time order; only ``client_id``'s when given."""
+        c = fills_table.c
+        stmt = select(fills_table).order_by(c.ts_ms, c.client_id, c.trade_id)
+        if client_id is not None:
+            stmt = stmt.where(c.client_id == client_id)
+        with self._reader.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings().all()]
+
+    # -- account, equity, risk events -------------------------------------------------------------
+
+    def save_account(self, *, cash: float, position: float, entry: float, last_trade_ts: int | None,
+                     ts_ms: int) -> None:  # fmt: skip
+        """Replace the saved account (paper mode keeps the whole account here)."""
+        last = None if last_trade_ts is None else int(last_trade_ts)
+        row = {"id": 1, "cash": float(cash), "position": float(position), "entry": float(entry),
+               "last_trade_ts": last, "ts_ms": int(ts_ms)}  # fmt: skip
+        stmt = self._insert(account_table).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={k: v for k, v in row.items() if k != "id"}
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
+
+    def account(self) -> dict | None:
+        with self._reader.connect() as conn:
+            return self._account(conn)
+
+    def _account(self, conn: Connection) -> dict | None:
+        row = conn.execute(select(account_table)).mappings().first()
+        return None if row is None else {k: v for k, v in row.items() if k != "id"}
+
+    def record_equity(self, ts_ms: int, equity: float, position: float, cash: float, price: float) -> None:
+        """Record the equity marked at ``ts_ms``, replacing a point already there."""
+        row = {"ts_ms": int(ts_ms), "equity": float(equity), "position": float(position), "cash": float(cash),
+               "price": float(price)}  # fmt: skip
+        stmt = self._insert(equity_table).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["ts_ms"], set_={k: v for k, v in row.items() if k != "ts_ms"}
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
+
+    def equity_curve(self) -> list[dict]:
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(equity_table).order_by(equity_table.c.ts_ms)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def record_risk_event(self, ts_ms: int, kind: str, check: str, reason: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                risk_events_table.insert().values(ts_ms=int(ts_ms), kind=kind, check=check, reason=reason)
+            )
+
+    def risk_events(self) -> list[dict]:
+        c = risk_events_table.c
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(c.ts_ms, c.kind, c.check, c.reason).order_by(c.id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # -- operator commands ------------------------------------------------------------------------
+
+    def push_command(self, command: str, now_ms: int) -> int:
+        """Queue an operator command for the running bot; returns its id."""
+        if command not in COMMANDS:
+            raise StateError(f"command {command!r} is not one of {', '.join(COMMANDS)}")
+        with self._engine.begin() as conn:
+            result = conn.execute(commands_table.insert().values(command=command, created_ms=int(now_ms)))
+        return int(result.inserted_primary_key[0])
+
+    def take_commands(self, now_ms: int) -> list[str]:
+        """The pending commands in the order they were pushed, marked done in the same statement, so
+        two takers never both get one."""
+        c = commands_table.c
+        stmt = (
+            update(commands_table)
+            .where(c.done_ms.is_(None))
+            .values(done_ms=int(now_ms))
+            .returning(c.id, c.command)
+        )
+        with self._engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [command for _, command in sorted(rows)]
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """What an operator asks first, read as one snapshot: the run, the trading state keys, the
+        account, open orders, the last decision and equity point, and how many rows of each kind."""
+        with self._reader.connect() as conn:
+            run = conn.execute(select(run_table)).mappings().first()
+            last_decision = conn.execute(
+                select(decisions_table).order_by(decisions_table.c.bar_ts.desc()).limit(1)
+            ).mappings().first()  # fmt: skip
+            last_equity = (
+                conn.execute(select(equity_table).order_by(equity_table.c.ts_ms.desc()).limit(1))
+                .mappings()
+                .first()
+            )
+            counts = {
+                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (decisions_table, orders_table, fills_table, equity_table, risk_events_table)
+            }
+            counts["pending_commands"] = conn.execute(
+                select(func.count()).select_from(commands_table).where(commands_table.c.done_ms.is_(None))
+            ).scalar_one()  # fmt: skip
+            return {
+                "store": self.where,
+                "run": None if run is None else {k: run[k] for k in RunMeta.__dataclass_fields__},
+                "state": self._state(conn),
+                "account": self._account(conn),
+                "open_orders": self._orders(conn, OPEN_ORDER_STATES),
+                "last_decision": None if last_decision is None else _decision(last_decision),
+                "last_equity": None if last_equity is None else dict(last_equity),
+                "counts": counts,
+            }
+
+
+def _decision(row: Any) -> dict:
+    d = dict(row)
+    d["events"] = json.loads(d["events"])
+    return d
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, ``synchronous=NORMAL`` and the busy timeout on every connection, and SQLAlchemy (not the
+    sqlite3 driver) emitting BEGIN: ``BEGIN IMMEDIATE`` for writes so that a transaction that reads
+    before it writes takes the write lock up front (and waits ``busy_timeout`` for it) rather than
+    failing with "database is locked" when another process wrote in between; plain BEGIN for reads,
+    which then see one snapshot."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own BEGIN handling is off; see _begin
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("state_read") else "BEGIN IMMEDIATE")
