@@ -10,7 +10,6 @@ import pytest
 
 from agents.training import history_bars
 from envs.config import EnvConfig
-from envs.features import DEFAULT_FEATURES
 from reports.replay import replay
 from serving.account import Account, Desk
 
