@@ -58,6 +58,9 @@ class Server:
         self.account = Account.from_dict(saved) if saved else Account(cash=desk.cfg.initial_equity)
         self.pending: dict | None = store.get("pending")
         self.last_bar: int | None = store.get("last_bar_ts")
+        # send times of the last minute's orders, for the order-rate limit (read once, then kept)
+        since = (self.last_bar or 0) - 60_000
+        self.recent_orders = [o["created_ms"] for o in store.orders() if o["created_ms"] > since]
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -91,8 +94,10 @@ class Server:
             return
         try:
             self.account, fills = self.desk.fill(self.account, pending["exposure"], pending["bar_ts"])
-        except KeyError:
-            self.store.update_order(pending["client_id"], "CANCELED", bar_ts, error="the next bar is missing")
+        except KeyError:  # the decision's bar left the buffer (a long outage): the order never filled
+            if pending["client_id"]:
+                error = "the next bar is missing"
+                self.store.update_order(pending["client_id"], "CANCELED", bar_ts, error=error)
             return
         client_id = pending["client_id"]
         order = self.store.order(client_id) if client_id else None
@@ -125,7 +130,8 @@ class Server:
         exposure = self.desk.exposure(action)
         desired = self.desk.target_qty(exposure, self.account, close)
         state = self._state()
-        recent = tuple(o["created_ms"] for o in self.store.orders() if o["created_ms"] > bar_ts - 60_000)
+        self.recent_orders = [t for t in self.recent_orders if t > bar_ts - 60_000]
+        recent = tuple(self.recent_orders)
         ctx = RiskContext(
             equity=equity, position=self.account.position, price=close, last_close=last_close, now_ms=bar_ts,
             day_start_equity=day_start, peak_equity=peak, state=state,
@@ -147,6 +153,7 @@ class Server:
             side = "buy" if decision.order > 0 else "sell"
             reduce_only = abs(decision.target) < abs(self.account.position)
             self.store.create_order(client_id, bar_ts, side, abs(decision.order), reduce_only, close, bar_ts)
+            self.recent_orders.append(bar_ts)
         # the kernel fills toward the target exposure at the next open; unclamped it is the policy's
         # own exposure, bit for bit as in training and evaluation
         unclamped = decision.target == desired and not decision.events
