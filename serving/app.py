@@ -139,8 +139,11 @@ def build(values: dict[str, Any]) -> Server:
     except StateError as exc:
         raise ServeError(str(exc)) from exc
     s = values.get("serve") or {}
-    config = LoopConfig(poll_seconds=float(s.get("poll_seconds", 5.0)), max_bars=s.get("max_bars"),
-                        max_polls=s.get("max_polls"), kill_file=s.get("kill_file"))  # fmt: skip
+    config = LoopConfig(
+        poll_seconds=float(s.get("poll_seconds", 5.0)), max_bars=s.get("max_bars"),
+        max_polls=s.get("max_polls"), kill_file=s.get("kill_file"), metrics_port=s.get("metrics_port"),
+        metrics_host=s.get("metrics_host") or "127.0.0.1",
+    )  # fmt: skip
     log.info(
         "serving %s on %s %s %s %s (state %s)",
         bundle,

@@ -33,6 +33,7 @@ class BarFeed:
         self.funding: pd.DataFrame | None = None
         self.stale = False
         self.reason = ""
+        self.now_ms: int | None = None  # the exchange clock at the last update
 
     def now(self) -> int:
         """The exchange's clock, epoch ms."""
@@ -84,7 +85,7 @@ class BarFeed:
         """Fetch what closed since the last call; the open times of the new closed bars, oldest
         first. On a read failure or a hole that cannot be filled: ``stale`` with a ``reason``."""
         try:
-            now = self.now()
+            now = self.now_ms = self.now()
             last = self.last_closed(now)
             have = int(self.bars.ts.iloc[-1]) if len(self.bars) else None
             since = last - (self.need - 1) * self.bar if have is None else have + self.bar

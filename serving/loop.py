@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 from data.schema import iso
 from serving.account import Account, Desk
 from serving.feed import BarFeed
+from serving.metrics import Metrics
 from serving.risk import RiskContext, RiskGate, TradingState
 from serving.state import StateStore
 
@@ -43,6 +45,8 @@ class LoopConfig:
     max_bars: int | None = None  # stop after this many decisions (scripts, tests)
     max_polls: int | None = None  # stop after this many polls (tests)
     kill_file: str | None = None  # when this file exists: flatten and halt
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free port)
+    metrics_host: str = "127.0.0.1"
 
 
 class Server:
@@ -54,6 +58,9 @@ class Server:
         self.gate, self.store, self.config = gate, store, config
         self.stop_event = threading.Event()
         self.decisions = 0
+        self.metrics = (
+            Metrics(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
+        )
         saved = store.get("account")
         self.account = Account.from_dict(saved) if saved else Account(cash=desk.cfg.initial_equity)
         self.pending: dict | None = store.get("pending")
@@ -113,6 +120,7 @@ class Server:
 
     def process(self, bar_ts: int, kill: bool = False, flatten: bool = False) -> None:
         """Settle, observe, decide, gate and order at the close of ``bar_ts``."""
+        started = time.perf_counter()
         self._settle(bar_ts)
         idx = self.desk.index(bar_ts)
         close = float(self.desk.env.market.close[idx])
@@ -169,6 +177,12 @@ class Server:
         )  # fmt: skip
         self.last_bar = bar_ts
         self.decisions += 1
+        if self.metrics is not None:
+            side = None if client_id is None else ("buy" if decision.order > 0 else "sell")
+            self.metrics.decision(equity=equity, position=self.account.position, price=close,
+                                  initial=self.desk.cfg.initial_equity, state=decision.state.value,
+                                  order_side=side, events=decision.events,
+                                  seconds=time.perf_counter() - started)  # fmt: skip
         log.info("%s close %.2f equity %.2f position %.6f target %.6f state %s", iso(bar_ts), close, equity,
                  self.account.position, decision.target, decision.state.value)  # fmt: skip
 
@@ -177,6 +191,9 @@ class Server:
     def poll(self) -> int:
         """One poll: fetch, then process every new closed bar. Returns the bars processed."""
         self.feed.update()
+        if self.metrics is not None and self.feed.now_ms is not None and len(self.feed.bars):
+            close_ms = int(self.feed.bars.ts.iloc[-1]) + self.feed.bar
+            self.metrics.lag.set(max(self.feed.now_ms - close_ms, 0) / 1000)
         if len(self.feed.bars) < self.desk.need - 1:
             log.warning("waiting for history: %d of %d bars", len(self.feed.bars), self.desk.need - 1)
             return 0
@@ -214,6 +231,4 @@ class Server:
 
 
 def _wall_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

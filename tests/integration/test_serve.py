@@ -207,3 +207,28 @@ def test_max_position_notional_when_the_policy_wants_more_then_every_paper_posit
     clamps = [e for e in store.risk_events() if e["check"] == "max_position_notional"]
     assert clamps and all(e["kind"] == "clamp" for e in clamps)
     assert (decisions["target"].abs() > decisions["clamped_target"].abs()).sum() == len(clamps)
+
+
+def test_the_metrics_endpoint_reports_equity_position_state_and_orders_on_loopback(bundle, market, tmp_path):
+    import urllib.request
+
+    bars, funding = market
+    now = int(bars.ts[1_000]) + BAR + 1
+    with LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}, now_ms=now) as ex:
+        server = build(values(bundle, ex.url, tmp_path / "state.db", serve={"metrics_port": 0}))
+        try:
+            drive(server, ex, now, 10)
+            url = f"http://127.0.0.1:{server.metrics.port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                text = answer.read().decode()
+        finally:
+            server.metrics.close()
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"
+    }
+    last = StateStore(str(tmp_path / "state.db")).equity_curve()[-1]
+    assert lines["klinegym_equity"] == pytest.approx(last["equity"])
+    assert lines["klinegym_position"] == pytest.approx(last["position"])
+    assert lines['klinegym_trading_state{state="ACTIVE"}'] == 1.0
+    assert lines["klinegym_decision_seconds_count"] == 10
+    assert lines["klinegym_data_lag_seconds"] < 1.0  # the bot is on the last closed bar
