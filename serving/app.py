@@ -126,6 +126,17 @@ def build(values: dict[str, Any]) -> Server:
         gate = RiskGate(RiskLimits(**(values.get("risk") or {})))
     except (TypeError, ValueError) as exc:
         raise ServeError(f"{exc}") from exc
+    s = values.get("serve") or {}
+    notifier = None
+    if s.get("notify") == "telegram":
+        from serving.notify import NotifyError, TelegramNotifier
+
+        try:
+            notifier = TelegramNotifier.from_env(s.get("telegram_api_url"))
+        except NotifyError as exc:
+            raise ServeError(str(exc)) from exc
+    elif s.get("notify"):
+        raise ServeError(f"serve.notify={s['notify']}: choose telegram or null")
     desk = Desk(env_kwargs, history_bars(cfg))
     # the feed keeps a day or more of bars beyond the history, so a restart can catch up on them
     feed = BarFeed(ex, symbol, timeframe, need=desk.need + CATCH_UP_BARS, with_funding=cfg.market == "perp")
@@ -138,19 +149,12 @@ def build(values: dict[str, Any]) -> Server:
         store.open_run(RunMeta(run_id, str(bundle), exchange, market, symbol, timeframe, values["mode"]))
     except StateError as exc:
         raise ServeError(str(exc)) from exc
-    s = values.get("serve") or {}
     config = LoopConfig(
         poll_seconds=float(s.get("poll_seconds", 5.0)), max_bars=s.get("max_bars"),
         max_polls=s.get("max_polls"), kill_file=s.get("kill_file"), metrics_port=s.get("metrics_port"),
         metrics_host=s.get("metrics_host") or "127.0.0.1",
     )  # fmt: skip
-    log.info(
-        "serving %s on %s %s %s %s (state %s)",
-        bundle,
-        exchange,
-        market,
-        symbol,
-        timeframe,
-        state_path(values),
-    )
-    return Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=config)
+    log.info("serving %s on %s %s %s %s (state %s)", bundle, exchange, market, symbol, timeframe,
+             state_path(values))  # fmt: skip
+    return Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=config,
+                  notifier=notifier)  # fmt: skip

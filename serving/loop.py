@@ -53,8 +53,9 @@ class Server:
     """One bot: a policy on one series, a paper account, a risk gate, a state store."""
 
     def __init__(self, *, run_id: str, policy: Any, desk: Desk, feed: BarFeed, gate: RiskGate,
-                 store: StateStore, config: LoopConfig):  # fmt: skip
+                 store: StateStore, config: LoopConfig, notifier: Any = None):  # fmt: skip
         self.run_id, self.policy, self.desk, self.feed = run_id, policy, desk, feed
+        self.notifier = notifier  # anything with send(text): fills, denials, halts, state changes, errors
         self.gate, self.store, self.config = gate, store, config
         self.stop_event = threading.Event()
         self.decisions = 0
@@ -116,7 +117,12 @@ class Server:
         for k, f in enumerate(fills):
             # a rebalance the kernel made without a gated order, or a liquidation, gets its own id
             owner = client_id if client_id and f.reason == "policy" else f"{self.run_id}-{f.reason}-{bar_ts}"
-            self.store.record_fill(owner, f"{bar_ts}-{k}", f.ts, f.qty, f.price, f.fee)
+            if self.store.record_fill(owner, f"{bar_ts}-{k}", f.ts, f.qty, f.price, f.fee):
+                side = "bought" if f.qty > 0 else "sold"
+                what = "liquidated: " if f.reason == "liquidation" else ""
+                self._notify(
+                    f"{what}{side} {abs(f.qty):.6g} {self.feed.symbol} at {f.price:,.2f} (fee {f.fee:,.4f})"
+                )
 
     def process(self, bar_ts: int, kill: bool = False, flatten: bool = False) -> None:
         """Settle, observe, decide, gate and order at the close of ``bar_ts``."""
@@ -150,6 +156,10 @@ class Server:
         for e in decision.events:
             self.store.record_risk_event(bar_ts, e.kind, e.check, e.reason)
             log.warning("risk %s %s: %s", e.kind, e.check, e.reason)
+            if e.kind in ("deny", "halt", "resume"):
+                self._notify(f"risk {e.kind} {e.check}: {e.reason}")
+        if decision.state is not state:
+            self._notify(f"trading state {state.value} -> {decision.state.value} at {iso(bar_ts)}")
         obs_hash = hashlib.sha256(np.ascontiguousarray(obs).tobytes()).hexdigest()[:16]
         raw = float(np.asarray(action, dtype=float).reshape(-1)[0])
         self.store.record_decision(
@@ -185,6 +195,10 @@ class Server:
                                   seconds=time.perf_counter() - started)  # fmt: skip
         log.info("%s close %.2f equity %.2f position %.6f target %.6f state %s", iso(bar_ts), close, equity,
                  self.account.position, decision.target, decision.state.value)  # fmt: skip
+
+    def _notify(self, text: str) -> None:
+        if self.notifier is not None:
+            self.notifier.send(f"[{self.run_id}] {text}")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -223,7 +237,11 @@ class Server:
     def run(self) -> None:
         polls = 0
         while not self.stop_event.is_set():
-            self.poll()
+            try:
+                self.poll()
+            except Exception as exc:
+                self._notify(f"error, the bot stops: {type(exc).__name__}: {exc}")
+                raise
             polls += 1
             if self.config.max_polls is not None and polls >= self.config.max_polls:
                 break

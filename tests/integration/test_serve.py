@@ -232,3 +232,69 @@ def test_the_metrics_endpoint_reports_equity_position_state_and_orders_on_loopba
     assert lines['klinegym_trading_state{state="ACTIVE"}'] == 1.0
     assert lines["klinegym_decision_seconds_count"] == 10
     assert lines["klinegym_data_lag_seconds"] < 1.0  # the bot is on the last closed bar
+
+
+class _Telegram:
+    """A loopback stand-in for Telegram's Bot API: records sendMessage calls."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.messages: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.messages.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": true}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_telegram_gets_fills_and_halts_and_a_missing_token_stops_the_start(
+    bundle, market, tmp_path, monkeypatch
+):
+    bars, funding = market
+    now = int(bars.ts[1_000]) + BAR + 1
+    telegram = _Telegram()
+    kill = tmp_path / "KILL"
+    notify = {"notify": "telegram", "telegram_api_url": telegram.url, "kill_file": str(kill)}
+    try:
+        with LoopbackExchange(
+            futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}, now_ms=now
+        ) as ex:
+            monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+            with pytest.raises(ServeError, match="needs TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"):
+                build(values(bundle, ex.url, tmp_path / "state.db", serve=notify))
+            assert not (tmp_path / "state.db").exists()  # nothing started
+            monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:secret")
+            monkeypatch.setenv("TELEGRAM_CHAT_ID", "42")
+            server = build(values(bundle, ex.url, tmp_path / "state.db", serve=notify))
+            drive(server, ex, now, 15)
+            kill.touch()
+            drive(server, ex, now + 15 * BAR, 1)
+            server.notifier.close()
+    finally:
+        telegram.close()
+    paths = {path for path, _ in telegram.messages}
+    texts = [m["text"] for _, m in telegram.messages]
+    assert paths == {"/bot123:secret/sendMessage"} and all(m["chat_id"] == "42" for _, m in telegram.messages)
+    assert any(" BTC/USDT:USDT at " in t for t in texts)  # fills
+    assert any("risk halt kill_switch" in t for t in texts) and any("-> HALTED" in t for t in texts)
