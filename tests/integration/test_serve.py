@@ -298,3 +298,29 @@ def test_telegram_gets_fills_and_halts_and_a_missing_token_stops_the_start(
     assert paths == {"/bot123:secret/sendMessage"} and all(m["chat_id"] == "42" for _, m in telegram.messages)
     assert any(" BTC/USDT:USDT at " in t for t in texts)  # fills
     assert any("risk halt kill_switch" in t for t in texts) and any("-> HALTED" in t for t in texts)
+
+
+def test_sigterm_stops_serve_py_after_the_current_bar_with_everything_saved(bundle, market, tmp_path):
+    import signal
+    import time
+
+    bars, funding = market
+    with LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}) as ex:
+        cmd = [sys.executable, str(ROOT / "serve.py"), f"run={bundle}", "exchange=binance", "market=futures",
+               "symbol=BTC/USDT", f"api_url={ex.url}", f"state={tmp_path / 'state.db'}",
+               "serve.poll_seconds=0.2"]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (tmp_path / "state.db").exists():
+                time.sleep(0.2)
+            while time.monotonic() < deadline and not StateStore(str(tmp_path / "state.db")).decisions():
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "decisions: 1"
+    store = StateStore(str(tmp_path / "state.db"))
+    assert store.get("last_bar_ts") == store.decisions()[-1]["bar_ts"] and store.get("pending") is not None
