@@ -9,11 +9,11 @@ For every bar that closed since the last poll, in order (the exchange's clock de
 4. the risk gate (:mod:`serving.risk`) clamps or denies it; every event is recorded;
 5. the order is written to the state store before anything else happens with it.
 
-After each bar the account, the pending order and the trading state are saved in one transaction,
-so a crash at any point resumes at the first bar not yet saved. Operator commands come through the
-state store: ``halt`` (flatten, then HALTED until ``resume``), ``resume``, and ``flatten`` (close the
-position at this bar, then trade on); a kill file halts too. Live trading through ccxt orders is
-not in this version: ``mode=live`` is refused at start.
+Each bar's writes (fill, decision, order, account, pending order, trading state) are one
+transaction, so a crash at any point resumes at the first bar not yet saved. Operator commands
+come through the state store: ``halt`` (flatten, then HALTED until ``resume``), ``resume``, and
+``flatten`` (close the position at this bar, then trade on); a kill file halts too. Live trading
+through ccxt orders is not in this version: ``mode=live`` is refused at start.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class Server:
         for k, f in enumerate(fills):
             # a rebalance the kernel made without a gated order, or a liquidation, gets its own id
             owner = client_id if client_id and f.reason == "policy" else f"{self.run_id}-{f.reason}-{bar_ts}"
-            if self.store.record_fill(owner, f"{bar_ts}-{k}", f.ts, f.qty, f.price, f.fee):
+            new = self.store.record_fill(owner, f"{bar_ts}-{k}", f.ts, f.qty, f.price, f.fee)
+            if new and self.notifier is not None:
                 side = "bought" if f.qty > 0 else "sold"
                 what = "liquidated: " if f.reason == "liquidation" else ""
                 self._notify(
@@ -125,8 +126,14 @@ class Server:
                 )
 
     def process(self, bar_ts: int, kill: bool = False, flatten: bool = False) -> None:
-        """Settle, observe, decide, gate and order at the close of ``bar_ts``."""
+        """Settle, observe, decide, gate and order at the close of ``bar_ts``: one transaction."""
         started = time.perf_counter()
+        with self.store.batch():
+            self._process(bar_ts, kill, flatten)
+        if self.metrics is not None:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    def _process(self, bar_ts: int, kill: bool, flatten: bool) -> None:
         self._settle(bar_ts)
         idx = self.desk.index(bar_ts)
         close = float(self.desk.env.market.close[idx])
@@ -191,8 +198,7 @@ class Server:
             side = None if client_id is None else ("buy" if decision.order > 0 else "sell")
             self.metrics.decision(equity=equity, position=self.account.position, price=close,
                                   initial=self.desk.cfg.initial_equity, state=decision.state.value,
-                                  order_side=side, events=decision.events,
-                                  seconds=time.perf_counter() - started)  # fmt: skip
+                                  order_side=side, events=decision.events)  # fmt: skip
         log.info("%s close %.2f equity %.2f position %.6f target %.6f state %s", iso(bar_ts), close, equity,
                  self.account.position, decision.target, decision.state.value)  # fmt: skip
 

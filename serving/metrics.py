@@ -48,7 +48,7 @@ class Metrics:
         return None if self.server is None else int(self.server.server_port)
 
     def decision(self, *, equity: float, position: float, price: float, initial: float, state: str,
-                 order_side: str | None, events: Any, seconds: float) -> None:  # fmt: skip
+                 order_side: str | None, events: Any) -> None:  # fmt: skip
         self.equity.set(equity)
         self.position.set(position)
         self.exposure.set(position * price / equity if equity > 0 else 0.0)
@@ -59,7 +59,6 @@ class Metrics:
             self.orders.labels(side=order_side).inc()
         for e in events:
             self.risk.labels(kind=e.kind, check=e.check).inc()
-        self.latency.observe(seconds)
 
     def close(self) -> None:
         if self.server is not None:

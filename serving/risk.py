@@ -435,8 +435,12 @@ def _reduces(position: float, target: float) -> bool:
 
 
 def _lot_floor(qty: float, lot: float, *, strict: bool) -> float:
-    """``qty`` rounded toward zero to whole lots; ``strict`` never lets the tolerance round up."""
-    n = math.floor(abs(qty) / lot + LOT_EPS)
+    """``qty`` rounded toward zero to whole lots; ``strict`` never lets the tolerance round up. An
+    order of more lots than a float can count (1e300 with a 1e-5 lot) rounds to nothing."""
+    lots = abs(qty) / lot + LOT_EPS
+    if not math.isfinite(lots):
+        return 0.0
+    n = math.floor(lots)
     if strict and n * lot > abs(qty):
         n -= 1
     return math.copysign(n * lot, qty) if n > 0 else 0.0

@@ -34,8 +34,10 @@ nothing new (a restart replaying it) is a no-op; any other move outside the tabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,7 @@ class StateStore:
             _sqlite_setup(self._engine)
         # reads take no write lock on SQLite (see _sqlite_setup)
         self._reader = self._engine.execution_options(state_read=True)
+        self._batch: Connection | None = None
         try:
             _meta.create_all(self._engine)
         except DBAPIError as exc:
@@ -285,7 +288,7 @@ class StateStore:
         if meta.mode not in MODES:
             raise StateError(f"mode={meta.mode} is not one of {', '.join(MODES)}")
         now = _wall_ms()
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(select(run_table)).mappings().all()
             if not rows:
                 conn.execute(run_table.insert().values(**asdict(meta), created_ms=now, opened_ms=now))
@@ -325,6 +328,28 @@ class StateStore:
             value = conn.execute(select(kv_table.c.value).where(kv_table.c.key == key)).scalar()
         return default if value is None else json.loads(value)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside the block in one transaction: one commit, and all or nothing (the
+        serving loop writes each bar this way). Reads inside it see only what was committed."""
+        if self._batch is not None:
+            yield
+            return
+        with self._engine.begin() as conn:
+            self._batch = conn
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._batch is not None:
+            yield self._batch
+        else:
+            with self._engine.begin() as conn:
+                yield conn
+
     def set(self, **values: Any) -> None:
         """Save several keys (JSON values) in one transaction."""
         if not values:
@@ -332,7 +357,7 @@ class StateStore:
         rows = [{"key": k, "value": _dumps(k, v)} for k, v in values.items()]
         stmt = self._insert(kv_table)
         stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(stmt, rows)
 
     def _state(self, conn: Connection) -> dict[str, Any]:
@@ -350,7 +375,7 @@ class StateStore:
             "target": float(target), "clamped_target": float(clamped_target),
             "events": _dumps("events", list(events)),
         }  # fmt: skip
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(self._insert(decisions_table).values(row).on_conflict_do_nothing())
         return result.rowcount == 1
 
@@ -373,7 +398,7 @@ class StateStore:
             "status": "NEW", "exchange_id": None, "filled": 0.0, "error": None,
             "created_ms": int(now_ms), "updated_ms": int(now_ms),
         }  # fmt: skip
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(self._insert(orders_table).values(row).on_conflict_do_nothing())
         return result.rowcount == 1
 
@@ -387,7 +412,7 @@ class StateStore:
         """
         if status not in ORDER_STATES:
             raise StateError(f"order {client_id}: status {status!r} is not one of {', '.join(ORDER_STATES)}")
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(
                 select(orders_table).where(orders_table.c.client_id == client_id).with_for_update()
             ).mappings().first()  # fmt: skip
@@ -442,7 +467,7 @@ class StateStore:
         broker's rebalances and liquidations have their own ids."""
         row = {"client_id": client_id, "trade_id": str(trade_id), "ts_ms": int(ts_ms), "qty": float(qty),
                "price": float(price), "fee": float(fee)}  # fmt: skip
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(self._insert(fills_table).values(row).on_conflict_do_nothing())
         return result.rowcount == 1
 
@@ -467,7 +492,7 @@ class StateStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=["id"], set_={k: v for k, v in row.items() if k != "id"}
         )
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(stmt)
 
     def account(self) -> dict | None:
@@ -486,7 +511,7 @@ class StateStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=["ts_ms"], set_={k: v for k, v in row.items() if k != "ts_ms"}
         )
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(stmt)
 
     def equity_curve(self) -> list[dict]:
@@ -495,7 +520,7 @@ class StateStore:
         return [dict(r) for r in rows]
 
     def record_risk_event(self, ts_ms: int, kind: str, check: str, reason: str) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 risk_events_table.insert().values(ts_ms=int(ts_ms), kind=kind, check=check, reason=reason)
             )
@@ -512,7 +537,7 @@ class StateStore:
         """Queue an operator command for the running bot; returns its id."""
         if command not in COMMANDS:
             raise StateError(f"command {command!r} is not one of {', '.join(COMMANDS)}")
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(commands_table.insert().values(command=command, created_ms=int(now_ms)))
         return int(result.inserted_primary_key[0])
 
@@ -526,7 +551,7 @@ class StateStore:
             .values(done_ms=int(now_ms))
             .returning(c.id, c.command)
         )
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(stmt).all()
         return [command for _, command in sorted(rows)]
 
