@@ -10,20 +10,11 @@ import pytest
 
 from agents.training import history_bars
 from envs.config import EnvConfig
+from envs.features import DEFAULT_FEATURES
 from reports.replay import replay
 from serving.account import Account, Desk
 
-FEATURES = (
-    "log_return",
-    "range",
-    "body",
-    "volatility",
-    "volume_z",
-    "rsi",
-    "bb_pctb",
-    "macd_hist",
-    "momentum_240",
-)
+FEATURES = (*DEFAULT_FEATURES, "momentum_240")
 ENV = dict(
     market="perp", window=16, norm_window=240, episode_length=100_000, max_leverage=2.0, features=FEATURES
 )
