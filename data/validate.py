@@ -10,6 +10,8 @@ so a gap holds ``(to_ts - from_ts) / bar_ms`` missing bars.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -37,15 +39,18 @@ def check_timestamps(ts: np.ndarray, bar_ms: int | None = None, origin: int = 0)
     return issues
 
 
-def check_bars(df: pd.DataFrame, bar_ms: int | None = None, origin: int = 0) -> list[Issue]:
+def check_bars(
+    df: pd.DataFrame | Mapping[str, np.ndarray], bar_ms: int | None = None, origin: int = 0
+) -> list[Issue]:
     """Every rule a bar table must satisfy.
 
+    ``df`` is a DataFrame or a mapping of column name to array (the serving loop's buffer).
     ``bar_ms`` is the bar length for time bars (alignment is checked), ``None`` for volume and
     dollar bars, whose open times are irregular.
     """
-    ts = df["ts"].to_numpy()
+    ts = np.asarray(df["ts"])
     issues = check_timestamps(ts, bar_ms, origin)
-    o, h, lo, c, v = (df[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
+    o, h, lo, c, v = (np.asarray(df[k], dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
     finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
     issues += _issues(ts, ~finite, "non_finite", lambda i: f"o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}")
     with np.errstate(invalid="ignore"):
@@ -70,7 +75,7 @@ def check_bars(df: pd.DataFrame, bar_ms: int | None = None, origin: int = 0) -> 
         issues += _issues(ts, finite & (v < 0), "negative_volume", lambda i: f"volume {v[i]}")
     for col in ("quote_volume", "trades", "taker_buy_base"):
         if col in df:
-            x = df[col].to_numpy(dtype=np.float64)
+            x = np.asarray(df[col], dtype=np.float64)
             with np.errstate(invalid="ignore"):
                 bad = np.isinf(x) | (x < 0)
             issues += _issues(ts, bad, f"bad_{col}", lambda i, x=x, col=col: f"{col} {x[i]}")

@@ -7,6 +7,7 @@ after every gap, so nothing leaks across time or across a hole in the data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,12 +100,17 @@ def _funding(
     return per_unit, last
 
 
-def prepare(bars: pd.DataFrame, funding: pd.DataFrame | None, cfg: EnvConfig) -> MarketData:
-    """Check the bars and compute every array the kernel and the observations read."""
-    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+def prepare(
+    bars: pd.DataFrame | Mapping[str, np.ndarray], funding: pd.DataFrame | None, cfg: EnvConfig
+) -> MarketData:
+    """Check the bars and compute every array the kernel and the observations read.
+
+    ``bars`` is a DataFrame in the store's schema or a mapping of its column names to arrays (the
+    serving loop's buffer, which so skips pandas); both take the same path."""
+    missing = [c for c in BAR_COLUMNS if c not in bars]
     if missing:
         raise ValueError(f"bars lack columns {missing}; expected {list(BAR_COLUMNS)} (the store's schema)")
-    ts = bars["ts"].to_numpy()
+    ts = np.asarray(bars["ts"])
     if not np.issubdtype(ts.dtype, np.integer):
         raise ValueError(f"bars.ts must be int64 epoch milliseconds (bar open time), got {ts.dtype}")
     ts = ts.astype(np.int64)
@@ -112,10 +118,11 @@ def prepare(bars: pd.DataFrame, funding: pd.DataFrame | None, cfg: EnvConfig) ->
     issues = check_bars(bars, bar_ms)
     if issues:
         raise ValueError(f"bars fail validation ({len(issues)} problem(s)), first: {issues[0]}")
-    cols = {c: np.ascontiguousarray(bars[c].to_numpy(dtype=np.float64)) for c in BAR_COLUMNS[1:]}
-    has_taker = "taker_buy_base" in bars.columns and bool(bars["taker_buy_base"].notna().any())
+    cols = {c: np.ascontiguousarray(bars[c], dtype=np.float64) for c in BAR_COLUMNS[1:]}
+    taker = np.asarray(bars["taker_buy_base"], dtype=np.float64) if "taker_buy_base" in bars else None
+    has_taker = taker is not None and not np.isnan(taker).all()
     if has_taker:
-        cols["taker_buy_base"] = bars["taker_buy_base"].to_numpy(dtype=np.float64)
+        cols["taker_buy_base"] = taker
     names = feats.check_features(
         cfg.features if cfg.features is not None else default_features(cfg),
         has_taker_buy=has_taker,

@@ -9,31 +9,109 @@ rows ``0..t`` only (``min_periods=1``: the first rows use the rows there are).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 _EPS = np.finfo(np.float64).eps
 
 
-def _blocks(x: np.ndarray, n: int) -> np.ndarray:
-    """``x`` padded with its last value to whole blocks of ``n`` and reshaped ``(blocks, n)``;
-    padding only ever follows the real rows, so it cannot change them."""
-    nb = -(-len(x) // n)
-    xp = np.empty(nb * n)
-    xp[: len(x)] = x
-    xp[len(x) :] = x[-1]
-    return xp.reshape(nb, n)
+@njit(cache=True)
+def _maximum(a: float, b: float) -> float:
+    """``np.maximum`` of two floats: NaN if either is."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a >= b else b
+
+
+@njit(cache=True)
+def _window_sums(x: np.ndarray, n: int) -> np.ndarray:
+    T = len(x)
+    cum = np.empty(T)
+    for a in range(0, T, n):
+        c = x[a]
+        cum[a] = c
+        for i in range(a + 1, min(a + n, T)):
+            c += x[i]
+            cum[i] = c
+    out = cum.copy()
+    for a in range(n, T, n):
+        last = cum[a - 1]  # the previous block's total
+        for i in range(a, min(a + n, T)):
+            out[i] += last - cum[i - n]
+    return out
 
 
 def window_sums(x: np.ndarray, n: int) -> np.ndarray:
-    """Sum of ``x`` over the last ``n`` rows (fewer at the start), block-wise.
+    """Sum of ``x`` over the last ``n`` rows (fewer at the start), block-wise: the running sum of
+    the row's block plus the previous block's total minus its running sum at the same position.
 
     A window of zeros sums to exactly 0 (RSI relies on it): the in-block prefix of the
     window holds only window rows, and the previous block's total minus its prefix subtracts
     two equal floats.
     """
-    blocks = np.cumsum(_blocks(x, n), axis=1)
-    out = blocks.copy()
-    out[1:] += blocks[:-1, -1:] - blocks[:-1]  # the previous block's rows after position j
-    return out.ravel()[: len(x)]
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    return _window_sums(x, int(n)) if len(x) else x.copy()
+
+
+# Compiled because serving computes every feature on each bar: the arithmetic is numpy's own, one
+# operation at a time in the same order (running sums from the left, no fast-math), so the numbers
+# are those of the vectorised form it replaced to the last bit (tests/unit/test_rolling.py); the
+# compiled loops spare the ~30 array passes whose overhead dominated at serving's buffer sizes.
+@njit(cache=True)
+def _moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    T = len(x)
+    nb = -(-T // n)
+    dev = np.empty(T)
+    s1 = np.empty(T)
+    s2 = np.empty(T)
+    size = np.empty(T)
+    for b in range(nb):
+        ref = x[b * n]
+        c1 = c2 = big = 0.0
+        for i in range(b * n, min(b * n + n, T)):
+            y = x[i] - ref
+            dev[i] = y
+            c1 += y
+            c2 += y * y
+            big = abs(y) if i == b * n else _maximum(big, abs(y))
+            s1[i], s2[i], size[i] = c1, c2, big
+    # last block first, so that each reads its predecessor's own sums before they are moved
+    for b in range(nb - 1, 0, -1):
+        p = (b - 1) * n  # the previous block
+        d = x[p] - x[b * n]
+        end1, end2 = s1[p + n - 1], s2[p + n - 1]
+        prev_size = size[p + n - 1] + abs(d)
+        for j in range(min(n, T - b * n)):
+            m_d = (n - 1.0 - j) * d
+            a1 = end1 - s1[p + j]
+            a2 = end2 - s2[p + j]
+            a2 += (2.0 * a1 + m_d) * d
+            i = b * n + j
+            s2[i] += a2
+            a1 += m_d
+            s1[i] += a1
+            size[i] = _maximum(size[i], prev_size)
+    tol = 16.0 * n * _EPS
+    changes = np.empty(T, dtype=np.int64)
+    changes[0] = 0
+    for i in range(1, T):
+        changes[i] = changes[i - 1] + (x[i] != x[i - 1])
+    mean = np.empty(T)
+    var = np.empty(T)
+    for b in range(nb):
+        ref = x[b * n]
+        for i in range(b * n, min(b * n + n, T)):
+            k = i + 1.0 if b == 0 else float(n)
+            m = s1[i] / k
+            v = s2[i] / k - m * m
+            dev[i] -= m
+            sz = size[i] * size[i]
+            sz *= tol
+            first = changes[i - n + 1] if i >= n - 1 else 0
+            mean[i] = m + ref
+            var[i] = 0.0 if (v <= sz or changes[i] == first) else v
+    return mean, dev, var
 
 
 def rolling_moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,50 +120,13 @@ def rolling_moments(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     A window spans at most two blocks of ``n`` rows. Sums are taken about each block's first
     value; the previous block's part is moved to the current block's reference with
     ``sum (y + d)^2 = sum y^2 + 2 d sum y + m d^2``. Every step reads only rows up to ``t``.
+    The variance is 0 where the window's values are all equal, and where it is below the
+    rounding noise of the sums (``16 n eps`` times the square of the largest value they added).
     """
-    X = _blocks(x, n)
-    nb = X.shape[0]
-    ref = X[:, :1].copy()
-    dev = X - ref
-    s1 = np.cumsum(dev, axis=1)
-    s2 = np.square(dev)
-    np.cumsum(s2, axis=1, out=s2)
-    # largest |y| the window's sums were built from: running in this block, whole previous block
-    size = np.abs(dev)
-    np.maximum.accumulate(size, axis=1, out=size)
-    if nb > 1:
-        d = ref[:-1] - ref[1:]
-        m_d = np.arange(n - 1.0, -1.0, -1.0) * d  # (rows of the previous block in the window) * d
-        a1 = s1[:-1, -1:] - s1[:-1]  # sum of y over those rows
-        a2 = s2[:-1, -1:] - s2[:-1]
-        a2 += (2.0 * a1 + m_d) * d
-        s2[1:] += a2
-        a1 += m_d
-        s1[1:] += a1
-        np.maximum(size[1:], size[:-1, -1:] + np.abs(d), out=size[1:])
-    count = np.arange(1.0, n + 1.0)
-    s1[0] /= count
-    s1[1:] /= n
-    s2[0] /= count
-    s2[1:] /= n
-    mean_y, var = s1, s2
-    var -= np.square(mean_y)
-    dev -= mean_y
-    # cumsum rounding is ~ n eps size^2; a variance below that is noise, not signal
-    size *= size
-    size *= 16.0 * n * _EPS
-    zero = var <= size
-    flat = X.ravel()
-    changes = np.empty(flat.size, dtype=np.int64)
-    changes[0] = 0
-    np.cumsum(flat[1:] != flat[:-1], out=changes[1:])
-    first = np.zeros_like(changes)  # changes up to the window's first row
-    first[n - 1 :] = changes[: flat.size - n + 1]
-    zero |= (changes == first).reshape(nb, n)
-    np.copyto(var, 0.0, where=zero)
-    mean_y += ref
-    T = len(x)
-    return mean_y.ravel()[:T], dev.ravel()[:T], var.ravel()[:T]
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return x.copy(), x.copy(), x.copy()
+    return _moments(x, int(n))
 
 
 def rolling_mean_std(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

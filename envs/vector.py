@@ -93,6 +93,23 @@ def _observe(rows, features, market, state, istate, params, iparams, obs):
         _observe_row(i, features, market, state, istate, params, iparams, obs)
 
 
+@njit(cache=True)
+def entry_after(entry: float, qty0: float, dq: float, price: float) -> float:
+    """Average entry price after a fill of ``dq`` at ``price`` on a position of ``qty0``: the
+    fill price when opening or flipping, the quantity-weighted mean when adding, unchanged when
+    reducing, 0 when flat. (The serving loop's live account uses this too.)"""
+    q1 = qty0 + dq
+    if dq == 0.0:
+        return entry
+    if q1 == 0.0:
+        return 0.0
+    if qty0 == 0.0 or (qty0 > 0.0) != (q1 > 0.0):
+        return price
+    if abs(q1) > abs(qty0):
+        return (entry * abs(qty0) + price * abs(dq)) / abs(q1)
+    return entry
+
+
 # Not cached on disk: numba's cache checks only this file, and a cached step would keep an old
 # copy of the accounting kernel or the reward after either changed. Compiling costs ~1 s per process.
 @njit
@@ -124,13 +141,7 @@ def _step_all(features, market, params, iparams, state, istate, obs):
         istate[i, I_IDX] = u
         # average entry of the open position, for the unrealised-PnL observation
         if t_qty != 0.0:
-            q1 = qty0 + t_qty
-            if q1 == 0.0:
-                state[i, S_ENTRY] = 0.0
-            elif qty0 == 0.0 or (qty0 > 0.0) != (q1 > 0.0):
-                state[i, S_ENTRY] = t_price
-            elif abs(q1) > abs(qty0):
-                state[i, S_ENTRY] = (state[i, S_ENTRY] * abs(qty0) + t_price * abs(t_qty)) / abs(q1)
+            state[i, S_ENTRY] = entry_after(state[i, S_ENTRY], qty0, t_qty, t_price)
             istate[i, I_LAST_TRADE] = u
         if qty == 0.0:
             state[i, S_ENTRY] = 0.0
@@ -222,8 +233,7 @@ class BatchedMarketReplayEnv(VectorEnv):
             if funding is not None and not isinstance(funding, pd.DataFrame):
                 funding = as_frame(funding)
             prepared = prepare(as_frame(bars), funding, self.cfg)
-        self.market: MarketData = prepared
-        self.starts: EpisodeStarts = episode_starts(self.market, self.cfg.window)
+        self._set_market(prepared)
         self.num_envs = num_envs
         self.copy = copy
         self.render_mode = None
@@ -241,10 +251,6 @@ class BatchedMarketReplayEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, n)
 
         m = self.market
-        # one row per bar: the 8 values a step reads of bar t share one 64-byte cache line, which
-        # matters when 1024 accounts sit at 1024 random places in a year of bars
-        columns = [m.open, m.high, m.low, m.close, m.half_spread, m.sigma, m.ref_volume, m.funding_per_unit]
-        self._market = np.ascontiguousarray(np.stack(columns, axis=1))
         params = np.zeros(12)
         params[P_FEE], params[P_LEVERAGE] = cfg.fee, cfg.leverage
         params[P_MMR], params[P_LIQ_FEE] = cfg.maintenance_margin_rate, cfg.liquidation_fee
@@ -261,7 +267,6 @@ class BatchedMarketReplayEnv(VectorEnv):
             cfg.sharpe_eta,
         )
         self._params = params
-        self._features = m.features.reshape(-1)
         self._iparams = np.array(
             [_SLIP[cfg.slippage], REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
         )
@@ -270,6 +275,29 @@ class BatchedMarketReplayEnv(VectorEnv):
         self._obs = np.zeros((n, width), dtype=np.float32)
         self._all = np.arange(n)
         self._pending = np.zeros(n, dtype=bool)  # NEXT_STEP: accounts to reset on the next step
+
+    def _set_market(self, prepared: MarketData) -> None:
+        self.market: MarketData = prepared
+        self.starts: EpisodeStarts = episode_starts(prepared, self.cfg.window)
+        m = prepared
+        # one row per bar: the 8 values a step reads of bar t share one 64-byte cache line, which
+        # matters when 1024 accounts sit at 1024 random places in a year of bars
+        columns = [m.open, m.high, m.low, m.close, m.half_spread, m.sigma, m.ref_volume, m.funding_per_unit]
+        self._market = np.ascontiguousarray(np.stack(columns, axis=1))
+        self._features = m.features.reshape(-1)
+
+    def use_market(self, prepared: MarketData) -> None:
+        """Put the env over other bars without building it again: ``prepared`` is
+        ``prepare(bars, funding, self.cfg)`` of bars with the same bar length (the serving loop's
+        rolling buffer, one bar on). Accounts keep their state arrays, whose bar indices now point
+        into the new bars: reset them, or set their rows, before stepping."""
+        old = self.market
+        if prepared.feature_columns != old.feature_columns or prepared.bar_ms != old.bar_ms:
+            raise ValueError(
+                f"use_market needs bars of {old.bar_ms} ms with features {list(old.feature_columns)}; got "
+                f"{prepared.bar_ms} ms with {list(prepared.feature_columns)}: build a new env for them"
+            )
+        self._set_market(prepared)
 
     @classmethod
     def from_store(

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.schema import ALL_BAR_COLUMNS
 from envs.config import EnvConfig
+from envs.market import prepare
 from envs.vector import (
     I_END,
     I_IDX,
@@ -39,6 +41,7 @@ from envs.vector import (
     BatchedMarketReplayEnv,
     _observe,
     _step_all,
+    entry_after,
 )
 
 ACCOUNT_KEYS = ("cash", "position", "entry", "last_trade_ts", "fees", "funding", "slippage")
@@ -60,12 +63,50 @@ class Account:
     def equity(self, price: float) -> float:
         return self.cash + self.position * price
 
+    def after_fill(self, ts: int, qty: float, price: float, fee: float) -> Account:
+        """The account after a live fill of signed ``qty`` at ``price`` paying ``fee`` (quote),
+        by the env's rules (cash, position, average entry); ``ts`` is the fill bar's open."""
+        return dataclasses.replace(
+            self,
+            cash=self.cash - qty * price - fee,
+            position=self.position + qty,
+            entry=float(entry_after(self.entry, self.position, qty, price)),
+            last_trade_ts=ts,
+            fees=self.fees + fee,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Account:
         return cls(**{k: d[k] for k in ACCOUNT_KEYS if k in d})
+
+
+def _with_placeholder(bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The bar columns of ``bars`` as arrays with the placeholder bar (:meth:`Desk.load`) after the
+    last: one bar later, opening and closing at the last close, its range wide enough that spread
+    and slippage are not clipped when :meth:`Desk.plan` sizes a live order on it; its volume (and
+    the rest) the last bar's."""
+    names = bars.columns.tolist()
+    wanted = [c for c in ALL_BAR_COLUMNS[1:] if c in names]
+    try:
+        # the whole frame in one pass: column by column costs ten times as much in pandas
+        values = bars.to_numpy(dtype=np.float64)[:, [names.index(c) for c in wanted]]
+    except (TypeError, ValueError):  # a column that is not a number, which the features do not read
+        values = np.column_stack([bars[c].to_numpy(dtype=np.float64) for c in wanted])
+    n = len(values)
+    table = np.empty((len(wanted), n + 1))
+    table[:, :n] = values.T
+    table[:, n] = values[-1]
+    cols = dict(zip(wanted, table, strict=True))
+    if "ts" in names and {"open", "high", "low", "close"} <= cols.keys():
+        ts = bars["ts"].to_numpy()  # its own dtype, so that prepare rejects open times that are not integers
+        cols["ts"] = np.append(ts, ts[-1] + (ts[-1] - ts[-2] if n > 1 else 60_000))
+        close = cols["close"][n]
+        cols["open"][n] = close
+        cols["high"][n], cols["low"][n] = close * 1.5, close * 0.5
+    return cols
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +141,19 @@ class Desk:
 
     def load(self, bars: pd.DataFrame, funding: pd.DataFrame | None) -> None:
         """Compute the env's market arrays over ``bars`` (the buffer, oldest first, ending at the
-        decision bar). The env wants a bar to step into after its start, so a flat placeholder bar
-        follows the last one; features are causal, so it changes no row before it, and nothing
-        here reads it."""
-        bar_ms = int(bars.ts.iloc[-1] - bars.ts.iloc[-2]) if len(bars) > 1 else 60_000
-        last = bars.iloc[[-1]].copy()
-        last["ts"] += bar_ms
-        last[["open", "high", "low"]] = float(last["close"].iloc[0])
-        bars = pd.concat([bars, last], ignore_index=True)
-        kwargs = {**self.env_kwargs, "episode_length": max(len(bars), 1)}
-        self._env = BatchedMarketReplayEnv(num_envs=1, bars=bars, funding=funding, copy=False, **kwargs)
+        decision bar). The env wants a bar to step into after its start, so a placeholder bar
+        follows the last one; features are causal, so it changes no row before it, and only
+        :meth:`plan` reads it.
+
+        The buffer reaches :func:`envs.market.prepare` as arrays (the same checks and features as
+        training, without pandas), and the env is built on the first load only and then moved onto
+        each new buffer (:meth:`envs.vector.BatchedMarketReplayEnv.use_market`)."""
+        market = prepare(_with_placeholder(bars), funding, self.cfg)
+        if self._env is not None and self._env.market.bar_ms == market.bar_ms:
+            self._env.use_market(market)
+        else:
+            kwargs = {**self.env_kwargs, "episode_length": len(market)}
+            self._env = BatchedMarketReplayEnv(num_envs=1, prepared=market, copy=False, **kwargs)
 
     @property
     def env(self) -> BatchedMarketReplayEnv:
@@ -166,6 +210,20 @@ class Desk:
     def exposure_for(self, qty: float, account: Account, price: float) -> float:
         equity = account.equity(price)
         return qty * price / (self.cfg.leverage * equity) if equity > 0 else 0.0
+
+    def plan(self, account: Account, exposure: float, decided_ts: int) -> float:
+        """The position the kernel would move to for ``exposure`` if the next bar opened at the
+        decision bar's close: its lot rounding, minimum notional, and leverage cap at the fill
+        price that spread and slippage give. A live order is sized by it, since the exchange, not
+        the kernel, fills it."""
+        env = self.env
+        t = self.index(decided_ts)
+        if t + 2 != len(env.market.ts):
+            raise KeyError(f"bar {decided_ts} is not the last bar of the buffer")
+        self._row(account, t)
+        env.state[0, S_EXPOSURE] = exposure
+        _step_all(env._features, env._market, env._params, env._iparams, env.state, env.istate, env._obs)
+        return account.position + float(env.state[0, S_TRADE_QTY])
 
     def fill(self, account: Account, exposure: float, decided_ts: int) -> tuple[Account, list[Fill]]:
         """Step the account through the bar after ``decided_ts`` with the env's kernel: fill the
