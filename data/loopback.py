@@ -18,6 +18,11 @@ What it mimics, and how to steer it:
   without an answer).
 - ``latency_s`` delays every answer; ``requests`` logs ``(path, params)`` of every request.
 - It stops by itself after ``max_seconds``; nothing in it waits without a bound.
+
+A subclass serves more (``serving.replay_exchange`` adds signed endpoints and order matching) by
+overriding :meth:`LoopbackExchange.handle`, which sees every method (GET, POST, PUT, DELETE) as a
+:class:`Request` with its raw query, body and headers, and :meth:`LoopbackExchange.check_fault`
+to accept more fault kinds; the faults the HTTP layer does not act on reach ``handle``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -40,7 +46,7 @@ from data.schema import HOUR_MS, TIMEFRAMES, file_symbol
 
 FaultSpec = int | str
 
-_PREFIX = {"/api/v3/": "spot", "/fapi/v1/": "futures"}
+_PREFIX = {"/api/v3/": "spot", "/fapi/v1/": "futures", "/fapi/v2/": "futures", "/fapi/v3/": "futures"}
 _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 _MAX_KLINES = {"spot": 1000, "futures": 1500}
 _MAX_FUNDING = 1000
@@ -55,6 +61,7 @@ _ERR_429 = {
 }
 _ERR_418 = {"code": -1003, "msg": "Way too many requests; IP(127.0.0.1) banned until 1700000000000."}
 _ERR_500 = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
+_FAULTS = ("timeout", "malformed", "reset")
 _BAR_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "taker_buy_base")
 
 
@@ -69,6 +76,24 @@ def split_symbol(symbol: str) -> tuple[str, str]:
         if symbol.endswith(quote) and len(symbol) > len(quote):
             return symbol[: -len(quote)], quote
     raise ValueError(f"cannot tell base from quote in {symbol!r}; it must end with one of {_QUOTES}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as it arrived: ``params`` merges the query string and a form body (the
+    body wins); ``query`` and ``body`` are the raw strings (what a Binance signature covers)."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    query: str = ""
+    body: str = ""
+    headers: Mapping[str, str] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The last path segment, the key of :meth:`LoopbackExchange.inject`."""
+        return self.path.rsplit("/", 1)[-1]
 
 
 class _Bars:
@@ -211,16 +236,20 @@ class LoopbackExchange:
         """Queue ``faults`` for the next requests to ``endpoint`` (``klines``, ``fundingRate``,
         ``exchangeInfo``, ``time``, ...; spot and futures alike), after ``after`` good ones."""
         for f in faults:
-            if not (isinstance(f, int) and 400 <= f <= 599) and f not in ("timeout", "malformed", "reset"):
-                raise ValueError(
-                    f"fault {f!r}: use an HTTP status 400-599, 'timeout', 'malformed' or 'reset'"
-                )
+            self.check_fault(f)
         with self._lock:
             queue = self._faults.setdefault(endpoint, deque())
             skip = after
             for f in faults:
                 queue.append((skip, f))
                 skip = 0
+
+    def check_fault(self, fault: FaultSpec) -> None:
+        """A ValueError unless ``fault`` is a kind this exchange acts on (subclasses add kinds)."""
+        if not (isinstance(fault, int) and 400 <= fault <= 599) and fault not in _FAULTS:
+            raise ValueError(
+                f"fault {fault!r}: use an HTTP status 400-599, 'timeout', 'malformed' or 'reset'"
+            )
 
     def _next_fault(self, endpoint: str) -> FaultSpec | None:
         with self._lock:
@@ -239,6 +268,14 @@ class LoopbackExchange:
         return sum(1 for path, _ in list(self.requests) if path.rsplit("/", 1)[-1] == endpoint)
 
     # -- answers ---------------------------------------------------------------------------
+
+    def handle(self, request: Request, fault: FaultSpec | None = None) -> tuple[int, Any]:
+        """Status and JSON body for one request. ``fault`` is a queued fault that the HTTP layer
+        did not act on itself (none here; a subclass's own kinds). Public data is GET only."""
+        if request.method != "GET":
+            msg = f"{request.method} {request.path} is not served (loopback exchange)"
+            return 405, {"code": -1, "msg": msg}
+        return self.answer(request.path, request.params)
 
     def answer(self, path: str, params: dict[str, str]) -> tuple[int, Any]:
         """Status and JSON body for one request (no faults, no latency)."""
@@ -363,10 +400,7 @@ class LoopbackExchange:
             ts = int(bars.ts[i])
             v = {c: float(bars.cols[c][i]) for c in _BAR_FIELDS}
             if ts + bars.bar_ms > now:
-                # the open candle: only the volume traded so far (prices come from the data)
-                frac = (now - ts) / bars.bar_ms
-                for c in ("volume", "quote_volume", "trades", "taker_buy_base"):
-                    v[c] *= frac
+                self._open_candle(v, (now - ts) / bars.bar_ms)
             tbq = v["taker_buy_base"] * v["close"] if np.isfinite(v["taker_buy_base"]) else np.nan
             rows.append(
                 [
@@ -385,6 +419,12 @@ class LoopbackExchange:
                 ]
             )
         return 200, rows
+
+    def _open_candle(self, v: dict[str, float], frac: float) -> None:
+        """Turn the still-open bar's values ``v`` into what is known ``frac`` of the way through
+        it: here only the volume traded so far (prices come from the data)."""
+        for c in ("volume", "quote_volume", "trades", "taker_buy_base"):
+            v[c] *= frac
 
     def _funding_rows(self, symbol: str) -> tuple[np.ndarray, _Funding]:
         f = self.funding[symbol]
@@ -465,13 +505,29 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the request log is LoopbackExchange.requests
 
     def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
         ex = self.server.exchange
         parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8", "replace") if length > 0 else ""
         params = dict(parse_qsl(parts.query))
+        if body and "json" not in (self.headers.get("Content-Type") or ""):
+            params.update(parse_qsl(body))
+        request = Request(method, parts.path, params, parts.query, body, dict(self.headers.items()))
         with ex._lock:
             ex.requests.append((parts.path, params))
-        endpoint = parts.path.rsplit("/", 1)[-1]
-        fault = ex._next_fault(endpoint)
+        fault = ex._next_fault(request.endpoint)
         if ex.latency_s > 0:
             ex._stopped.wait(ex.latency_s)
         if fault == "reset":
@@ -479,7 +535,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "timeout":
             ex._stopped.wait(ex.timeout_sleep_s)  # bounded, and cut short by stop()
-        if isinstance(fault, int):
+        if isinstance(fault, int) and fault >= 400:
             if fault == 429:
                 self._send(429, json.dumps(_ERR_429), {"Retry-After": "1"})
             elif fault == 418:
@@ -492,8 +548,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(fault, json.dumps(_ERR_SYMBOL))
             return
-        status, body = ex.answer(parts.path, params)
-        text = json.dumps(body, separators=(",", ":"))
+        own = fault if fault not in _FAULTS else None
+        status, answer = ex.handle(request, own)
+        text = json.dumps(answer, separators=(",", ":"))
         if fault == "malformed":
             text = text[: max(1, len(text) // 2)]  # cut mid-body, as a dropped proxy stream would
         self._send(status, text)
