@@ -1,9 +1,11 @@
-"""Serve a policy: ``python serve.py run=runs/<...> mode=paper [risk.KEY=...]``.
+"""Serve a policy: ``python serve.py run=runs/<...> mode=paper|live [confirm_live=true] [risk.KEY=...]``.
 
 Thin Hydra entry point over serving/: builds the bot from the bundle, the exchange client, the
 risk limits and the state store, then runs the loop until ``serve.max_bars`` decisions, a signal
-(SIGINT/SIGTERM stop after the current bar), or forever. ``command=status|halt|resume|flatten``
-operates a running or stopped bot through its state store and exits.
+(SIGINT/SIGTERM stop after the current bar), or forever. Exit status 2: it did not start (the
+message says why); 3: it halted and stopped on an exchange problem (reconciliation, refusals).
+``command=status|halt|resume|flatten`` operates a running or stopped bot through its state store and
+exits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from serving.app import ServeError, build, command
+from serving.broker import BrokerError
 
 log = logging.getLogger("serve")
 
@@ -42,7 +45,12 @@ def main(cfg: DictConfig) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    server.run()
+    try:
+        server.run()
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"decisions: {server.decisions}")
+        sys.exit(3)
     print(f"decisions: {server.decisions}")
 
 

@@ -4,10 +4,13 @@ with every check that must pass before anything runs (one sentence each, naming 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+from agents.baselines import BASELINES, make_baseline
 from agents.bundle import BundleError, load_policy
 from data.errors import DownloadError
 from data.exchange import check_symbol, check_timeframe, load_markets, make_exchange
@@ -15,6 +18,7 @@ from data.schema import file_symbol
 from envs.config import EnvConfig
 from envs.features import FEATURES
 from serving.account import Desk
+from serving.broker import CLOCK_HINT, BrokerError, LiveBroker
 from serving.feed import BarFeed
 from serving.loop import LoopConfig, Server
 from serving.risk import RiskGate, RiskLimits
@@ -23,6 +27,7 @@ from serving.state import RunMeta, StateError, StateStore
 log = logging.getLogger("serve")
 COMMANDS = ("status", "halt", "resume", "flatten")
 CATCH_UP_BARS = 1_440
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ServeError(ValueError):
@@ -63,25 +68,103 @@ def command(values: dict[str, Any]) -> dict[str, Any]:
         raise ServeError(str(exc)) from exc
 
 
+def api_keys(values: dict[str, Any], exchange: str) -> tuple[str, str]:
+    """The API key and secret for live trading, from ``<EXCHANGE>_API_KEY`` / ``<EXCHANGE>_API_SECRET``
+    or from ``key_file=`` (two lines ``KEY=...``, ``SECRET=...``) outside the checkout. They go to the
+    ccxt client only: never logged, never in the state store."""
+    prefix = exchange.upper()
+    key, secret = os.environ.get(f"{prefix}_API_KEY"), os.environ.get(f"{prefix}_API_SECRET")
+    if values.get("key_file"):
+        path = Path(values["key_file"]).expanduser().resolve()
+        if path.is_relative_to(Path.cwd().resolve()) or path.is_relative_to(REPO):
+            raise ServeError(
+                f"key_file={path} is inside the project: keep keys outside it (e.g. ~/.config/klinegym)"
+            )
+        try:
+            pairs = dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
+        except OSError as exc:
+            raise ServeError(f"key_file={path}: {exc.strerror}") from exc
+        key, secret = pairs.get("KEY"), pairs.get("SECRET")
+    if not key or not secret:
+        raise ServeError(
+            f"mode=live needs API keys: set {prefix}_API_KEY and {prefix}_API_SECRET in the environment, or "
+            "give key_file=PATH (lines KEY=... and SECRET=...) outside the project"
+        )
+    return key.strip(), secret.strip()
+
+
+def _policy(values: dict[str, Any]) -> Any:
+    """A bundle, or a baseline by name (``policy=sma_crossover``) on the env of ``run=``'s bundle or
+    the default env of ``market=`` / ``symbol=`` / ``timeframe=``."""
+    name = values.get("policy")
+    if name not in BASELINES:
+        try:
+            return load_policy(_bundle(values))
+        except BundleError as exc:
+            raise ServeError(str(exc)) from exc
+    if values.get("run"):
+        try:
+            spec = dict(load_policy(Path(values["run"]) / "policy").spec)
+        except BundleError as exc:
+            raise ServeError(str(exc)) from exc
+    else:
+        missing = [k for k in ("exchange", "market", "symbol", "timeframe") if not values.get(k)]
+        if missing:
+            raise ServeError(f"policy={name} without run= needs {', '.join(k + '=' for k in missing)}")
+        futures = values["market"] == "futures"
+        env = {"market": "perp" if futures else "spot"}
+        spec = {"env": env, "features": [], "data_market": values["market"],
+                **{k: values[k] for k in ("exchange", "symbol", "timeframe")}}  # fmt: skip
+    return BaselinePolicy(name, spec)
+
+
+class BaselinePolicy:
+    """A rule-based baseline served like a bundle. Its memory of closes is filled from the buffer
+    before its first decision, so it starts as if it had run all along."""
+
+    def __init__(self, name: str, spec: dict[str, Any]):
+        cfg = EnvConfig.from_kwargs(spec["env"])
+        values = cfg.action_values if cfg.action_type == "discrete" else None
+        self.baseline = make_baseline(name, values, cfg.shorting)
+        self.spec, self.desk = {**spec, "features": list(spec.get("features") or [])}, None
+        self._warm = False
+
+    def act(self, obs: Any, info: dict | None = None) -> Any:
+        if not self._warm and self.desk is not None and info is not None:
+            market = self.desk.env.market
+            for close in market.close[
+                max(0, self.desk.index(info["ts"]) - 10_000) : self.desk.index(info["ts"])
+            ]:
+                self.baseline.act(None, {"price": float(close)})
+            self._warm = True
+        return self.baseline.act(obs, info)
+
+
 def build(values: dict[str, Any]) -> Server:
-    """The bot, after every check: mode, bundle, exchange market, features, state store."""
+    """The bot, after every check: mode, keys, bundle, exchange market, features, state store."""
     from agents.training import history_bars
 
-    if values["mode"] == "live":
+    live = values["mode"] == "live"
+    if values["mode"] not in ("paper", "live"):
+        raise ServeError(f"mode={values['mode']}: choose mode=paper or mode=live")
+    if live and values.get("confirm_live") is not True:
         raise ServeError(
-            "mode=live is not in this version: live orders through ccxt come with the replay exchange; "
-            "run mode=paper"
+            "mode=live sends real orders with real money: add confirm_live=true to the command to mean it "
+            "(try it first against the replay exchange: python -m serving.replay_exchange ...)"
         )
-    if values["mode"] != "paper":
-        raise ServeError(f"mode={values['mode']}: choose mode=paper")
-    try:
-        policy = load_policy(_bundle(values))
-    except BundleError as exc:
-        raise ServeError(str(exc)) from exc
+    s = values.get("serve") or {}
+    if s.get("flatten_on_exit") and not live:
+        raise ServeError(
+            "serve.flatten_on_exit needs mode=live: a paper account fills only at the next bar's open; "
+            "use command=flatten and let the bot take one more bar before stopping it"
+        )
+    exchange = values.get("exchange")
+    keys = api_keys(values, exchange or "binance") if live else None
+    policy = _policy(values)
     spec = policy.spec
     env_kwargs = spec["env"]
     cfg = EnvConfig.from_kwargs(env_kwargs)
-    exchange = values.get("exchange") or spec["exchange"]
+    exchange = exchange or spec["exchange"]
     if exchange == "synthetic":
         raise ServeError(
             "the bundle was trained on the synthetic market, which no exchange quotes; give exchange= and "
@@ -105,8 +188,17 @@ def build(values: dict[str, Any]) -> Server:
         )
     symbol = values.get("symbol") or spec["symbol"]
     timeframe = spec["timeframe"]
+    if values.get("timeframe") and values["timeframe"] != timeframe:
+        raise ServeError(f"timeframe={values['timeframe']}: the policy decides on {timeframe} bars")
     try:
-        ex = make_exchange(exchange, market, api_url=values.get("api_url"))
+        ex = make_exchange(
+            exchange,
+            market,
+            api_url=values.get("api_url"),
+            timeout_ms=int(s.get("request_timeout_ms") or 10_000),
+        )
+        if keys is not None:
+            ex.apiKey, ex.secret = keys
         load_markets(ex, max_retries=3)
         check_timeframe(ex, timeframe)
         symbol = check_symbol(ex, symbol, market)
@@ -122,11 +214,14 @@ def build(values: dict[str, Any]) -> Server:
         "lot_size": max(float(env_kwargs.get("lot_size") or 0.0), step if step < 1 else 0.0),
         "min_notional": max(float(env_kwargs.get("min_notional") or 0.0), exchange_min),
     }
+    risk = dict(values.get("risk") or {})
+    if live:  # the gate is the one place a live order is rounded and checked against the exchange's limits
+        risk["lot_size"] = max(float(risk.get("lot_size") or 0.0), env_kwargs["lot_size"])
+        risk["min_notional"] = max(float(risk.get("min_notional") or 0.0), env_kwargs["min_notional"])
     try:
-        gate = RiskGate(RiskLimits(**(values.get("risk") or {})))
+        gate = RiskGate(RiskLimits(**risk))
     except (TypeError, ValueError) as exc:
         raise ServeError(f"{exc}") from exc
-    s = values.get("serve") or {}
     notifier = None
     if s.get("notify") == "telegram":
         from serving.notify import NotifyError, TelegramNotifier
@@ -138,12 +233,16 @@ def build(values: dict[str, Any]) -> Server:
     elif s.get("notify"):
         raise ServeError(f"serve.notify={s['notify']}: choose telegram or null")
     desk = Desk(env_kwargs, history_bars(cfg))
+    if isinstance(policy, BaselinePolicy):
+        policy.desk = desk
     # the feed keeps a day or more of bars beyond the history, so a restart can catch up on them
     feed = BarFeed(ex, symbol, timeframe, need=desk.need + CATCH_UP_BARS, with_funding=cfg.market == "perp")
-    bundle = _bundle(values).resolve()
-    run_id = (
-        f"{bundle.parent.name if bundle.name == 'policy' else bundle.name}_{file_symbol(symbol)}_{timeframe}"
-    )
+    if isinstance(policy, BaselinePolicy):
+        bundle, name = Path(values["policy"]), values["policy"]  # a baseline: its name stands for a bundle
+    else:
+        bundle = _bundle(values).resolve()
+        name = bundle.parent.name if bundle.name == "policy" else bundle.name
+    run_id = f"{name}_{file_symbol(symbol)}_{timeframe}"
     try:
         store = StateStore(state_path(values))
         store.open_run(RunMeta(run_id, str(bundle), exchange, market, symbol, timeframe, values["mode"]))
@@ -152,9 +251,49 @@ def build(values: dict[str, Any]) -> Server:
     config = LoopConfig(
         poll_seconds=float(s.get("poll_seconds", 5.0)), max_bars=s.get("max_bars"),
         max_polls=s.get("max_polls"), kill_file=s.get("kill_file"), metrics_port=s.get("metrics_port"),
-        metrics_host=s.get("metrics_host") or "127.0.0.1",
+        metrics_host=s.get("metrics_host") or "127.0.0.1", flatten_on_exit=bool(s.get("flatten_on_exit")),
+        max_rejections=int(s.get("max_rejections") or 3), adopt_exchange=bool(s.get("adopt_exchange")),
     )  # fmt: skip
-    log.info("serving %s on %s %s %s %s (state %s)", bundle, exchange, market, symbol, timeframe,
-             state_path(values))  # fmt: skip
-    return Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=config,
-                  notifier=notifier)  # fmt: skip
+    broker = None
+    if live:
+        try:
+            window = int(s.get("recv_window_ms") or 10_000)
+            broker = LiveBroker(
+                ex, symbol, market, run_id, recv_window_ms=window, limit_band=s.get("limit_band")
+            )
+        except ValueError as exc:
+            raise ServeError(str(exc)) from exc
+    server = Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=config,
+                    notifier=notifier, broker=broker)  # fmt: skip
+    if broker is not None:
+        _start_live(server, broker, cfg)
+    log.info("serving %s %s on %s %s %s %s (state %s)", values["mode"], bundle, exchange, market, symbol,
+             timeframe, state_path(values))  # fmt: skip
+    return server
+
+
+def _start_live(server: Server, broker: LiveBroker, cfg: EnvConfig) -> None:
+    """Margin mode and leverage, then the reconciliation with the exchange; a clock the exchange
+    rejects, keys it refuses, or an account that disagrees with the store stop the start.
+
+    Cross margin: the env liquidates when the whole account's equity falls to the maintenance
+    margin, which on an exchange is cross margin on an account that holds this one position
+    (isolated margin would back it with ``notional / leverage`` only and liquidate sooner). The
+    exchange's leverage is set one step above the bundle's: the bundle's cap is kept by the
+    kernel's sizing and the risk gate, and an order sized at the cap at the close must not be
+    refused because the next bar opened a little higher (or a limit order's margin is checked at
+    its limit price)."""
+    try:
+        broker.setup(math.ceil(cfg.leverage) + 1, "cross")
+        disagreement = server.reconcile(int(time.time() * 1000))
+    except BrokerError as exc:
+        text = str(exc)
+        if "InvalidNonce" in text or "-1021" in text:
+            raise ServeError(f"{CLOCK_HINT} ({text})") from exc
+        if "AuthenticationError" in text or "PermissionDenied" in text:
+            raise ServeError(f"the exchange refuses the API key: {text}") from exc
+        raise ServeError(f"cannot read the account on the exchange: {text}") from exc
+    if disagreement:
+        server._halt(server.last_bar or 0, "reconcile", disagreement)
+        raise ServeError(f"HALTED: {disagreement}")
+    server._set(account=server.account.to_dict())

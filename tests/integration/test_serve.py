@@ -16,46 +16,20 @@ import pandas as pd
 import pytest
 
 from agents.bundle import load_policy
-from agents.config import TrainConfig
-from agents.training import train
 from data.loopback import LoopbackExchange
 from reports.replay import replay
 from serving.app import ServeError, build, command
 from serving.state import StateStore
-from tests.integration.test_training import ROOT, composed
+from tests.integration.test_training import ROOT
 
 BAR = 300_000
-# a small perp bundle on synthetic 5m bars: features without taker volume (ccxt klines lack it)
-TRAIN = [
-    "env=perp", "data.timeframe=5m", "data.synthetic_bars=6000", "data.train_start=2024-01-01",
-    "data.train_end=2024-01-12", "data.val_start=2024-01-13", "data.val_end=2024-01-16",
-    "data.test_start=2024-01-17", "data.test_end=2024-01-20", "data.embargo_bars=288", "env.norm_window=120",
-    "env.episode_length=200", "env.window=8", "trainer.total_timesteps=1024", "trainer.n_envs=8",
-    "trainer.eval_every=1024", "agent.n_steps=64", "agent.batch_size=128",
-    "env.features=[log_return,range,body,volatility,rsi,momentum_240]",
-]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    values = composed([*TRAIN, f"data.root={tmp / 'store'}", "seed=2"])
-    train(TrainConfig.from_dict(values), tmp / "run", values)
-    return tmp / "run"
-
-
-@pytest.fixture(scope="module")
-def market(shared_data):
-    btc = shared_data / "binance" / "futures_um" / "BTCUSDT"
-    bars = pd.read_parquet(btc / "5m.parquet").iloc[:1_500].reset_index(drop=True)
-    funding = pd.read_parquet(btc / "funding.parquet")
-    return bars, funding[funding.ts <= bars.ts.iloc[-1]].reset_index(drop=True)
-
-
-def values(run: Path, url: str, state: Path, **extra) -> dict:
+def values(run: Path | None, url: str, state: Path, **extra) -> dict:
     base = {
-        "run": str(run), "policy": None, "mode": "paper", "confirm_live": False, "exchange": "binance",
-        "market": "futures", "symbol": "BTC/USDT", "api_url": url, "state": str(state), "command": None,
+        "run": None if run is None else str(run), "policy": None, "mode": "paper", "confirm_live": False,
+        "exchange": "binance", "market": "futures", "symbol": "BTC/USDT", "api_url": url, "state": str(state),
+        "command": None,
         "serve": {"poll_seconds": 0.0, "max_bars": None, "max_polls": None, "kill_file": None},
         "risk": {},
     }  # fmt: skip
@@ -65,6 +39,20 @@ def values(run: Path, url: str, state: Path, **extra) -> dict:
         else:
             base[key] = value
     return base
+
+
+def evaluation_replay(bundle, bars, funding, env, start_i: int, bars_after: int = 101):
+    """``evaluate.py``'s replay of the bundle from bar ``start_i``: its actions and its ledger."""
+    policy = load_policy(bundle)
+    actions = []
+
+    def act(obs, info):
+        actions.append(policy.act(obs))
+        return actions[-1]
+
+    rows = replay(act, bars.iloc[: start_i + bars_after], funding.rename(columns={"funding_rate": "rate"}),
+                  env, int(bars.ts[start_i]))  # fmt: skip
+    return actions, rows
 
 
 def drive(server, ex: LoopbackExchange, first_now: int, bars: int) -> None:
@@ -88,15 +76,7 @@ def test_paper_serving_decides_and_fills_exactly_as_the_evaluation_replay(bundle
     curve = pd.DataFrame(store.equity_curve())
     assert len(decisions) == 100 and decisions["bar_ts"].iloc[0] == bars.ts[start_i]
 
-    policy = load_policy(bundle)
-    actions = []
-
-    def act(obs, info):
-        actions.append(policy.act(obs))
-        return actions[-1]
-
-    rows = replay(act, bars.iloc[: start_i + 101], funding.rename(columns={"funding_rate": "rate"}), env,
-                  int(bars.ts[start_i]))  # fmt: skip
+    actions, rows = evaluation_replay(bundle, bars, funding, env, start_i)
     np.testing.assert_array_equal(
         decisions["raw_action"].to_numpy()[:99], np.asarray(actions[:99], dtype=float)
     )
@@ -148,14 +128,22 @@ def test_the_kill_file_and_the_halt_command_flatten_and_halt_the_bot(bundle, mar
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"mode": "live"}, "mode=live is not in this version"),
+        ({"mode": "live"}, "add confirm_live=true"),
+        ({"mode": "live", "confirm_live": True}, "set BINANCE_API_KEY and BINANCE_API_SECRET"),
+        ({"mode": "live", "confirm_live": True, "key_file": str(ROOT / "keys.txt")}, "is inside the project"),
+        ({"serve": {"flatten_on_exit": True}}, "serve.flatten_on_exit needs mode=live"),
         ({"market": "spot"}, "the bundle trades a perpetual account; market=spot has none"),
         ({"symbol": "NOPE/USDT"}, "NOPE/USDT"),
         ({"exchange": None}, "the bundle was trained on the synthetic market"),
     ],
-    ids=["live", "spot-market-for-a-perp-bundle", "unknown-symbol", "synthetic-exchange"],
-)
-def test_a_bot_that_cannot_start_says_why_and_starts_nothing(bundle, market, tmp_path, extra, message):
+    ids=["live-unconfirmed", "live-without-keys", "key-file-in-the-repo", "paper-flatten-on-exit",
+         "spot-market-for-a-perp-bundle", "unknown-symbol", "synthetic-exchange"],
+)  # fmt: skip
+def test_a_bot_that_cannot_start_says_why_and_starts_nothing(
+    bundle, market, tmp_path, monkeypatch, extra, message
+):
+    monkeypatch.delenv("BINANCE_API_KEY", raising=False)
+    monkeypatch.delenv("BINANCE_API_SECRET", raising=False)
     bars, funding = market
     with (
         LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}) as ex,
@@ -173,17 +161,21 @@ def test_a_state_store_of_another_symbol_is_refused(bundle, market, tmp_path):
             build(values(bundle, ex.url, tmp_path / "state.db", symbol="ETH/USDT"))
 
 
-def test_serve_py_runs_max_bars_and_answers_status(bundle, market, tmp_path):
+def test_serve_py_runs_max_bars_logs_json_lines_and_answers_status(bundle, market, tmp_path):
     bars, funding = market
     with LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}) as ex:
         cmd = [sys.executable, str(ROOT / "serve.py"), f"run={bundle}", "exchange=binance", "market=futures",
                "symbol=BTC/USDT", f"api_url={ex.url}", f"state={tmp_path / 'state.db'}", "serve.max_bars=1",
-               "serve.poll_seconds=0.1", "serve.max_polls=20"]  # fmt: skip
+               "serve.poll_seconds=0.1", "serve.max_polls=20", "hydra/job_logging=json"]  # fmt: skip
         out = subprocess.run(
             cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ)
         )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "decisions: 1"
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "decisions: 1"
+    events = [json.loads(line) for line in lines[:-1]]  # every log line is one JSON object
+    decision = next(e for e in events if e.get("event") == "decision")
+    assert decision["state"] == "ACTIVE" and decision["equity"] == 10_000.0 and decision["level"] == "INFO"
     ask = [sys.executable, str(ROOT / "serve.py"), "command=status", f"state={tmp_path / 'state.db'}"]
     status = subprocess.run(ask, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr[-2000:]
