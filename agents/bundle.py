@@ -172,18 +172,28 @@ class Policy:
             raise BundleError(f"{self.path} cannot drive this env:\n  " + "\n  ".join(diffs))
 
 
+def bundle_dir(path: str | Path) -> Path:
+    """The bundle folder of ``path`` (a bundle, or a run folder holding ``policy/``)."""
+    path = Path(path)
+    if (path / "policy" / "spec.json").exists():
+        path = path / "policy"
+    if not (path / "spec.json").exists():
+        raise BundleError(f"{path} is not a policy bundle (no spec.json); give a run's policy/ folder")
+    return path
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """A bundle's ``spec.json`` (env, features, market, ...) without loading its weights."""
+    return json.loads((bundle_dir(path) / "spec.json").read_text())
+
+
 def load_policy(path: str | Path, env: Any = None) -> Policy:
     """Load a bundle folder (or a run folder holding ``policy/``), without starting Ray.
 
     With ``env``, the bundle's spec is checked against it first (:meth:`Policy.check_env`).
     """
-    path = Path(path)
-    if (path / "policy" / "spec.json").exists():
-        path = path / "policy"
-    spec_path = path / "spec.json"
-    if not spec_path.exists():
-        raise BundleError(f"{path} is not a policy bundle (no spec.json); give a run's policy/ folder")
-    spec = json.loads(spec_path.read_text())
+    path = bundle_dir(path)
+    spec = read_spec(path)
     weights = path / _weights_name(spec)
     if spec.get("backend") == "rllib":
         from agents.rllib import RLlibModel

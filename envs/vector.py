@@ -41,6 +41,14 @@ INFO_KEYS: tuple[str, ...] = (
 policy's fill), ``liquidation_*`` (the forced close) and ``top_up`` (the loss the isolated-margin
 floor passed to the exchange, docs/accounting.md) are this step's alone."""
 _SLIP = {"none": SLIP_NONE, "fixed_bps": SLIP_FIXED, "sqrt_impact": SLIP_SQRT}
+
+
+def slippage_params(cfg: EnvConfig) -> tuple[int, float]:
+    """The kernel's ``(slip_mode, slip_value)`` for a config (:func:`envs.accounting.fill_price`):
+    a fixed fraction for ``fixed_bps``, the impact coefficient for ``sqrt_impact``."""
+    return _SLIP[cfg.slippage], cfg.slippage_bps / 1e4 if cfg.slippage == "fixed_bps" else cfg.impact_k
+
+
 _BARS_SINCE_SCALE = float(np.log1p(1440))  # a day of 1m bars reads as 1.0
 
 # Columns of the packed per-account arrays (one row per account, so an account's state shares a
@@ -260,7 +268,7 @@ class BatchedMarketReplayEnv(VectorEnv):
             cfg.deadband,
         )
         params[P_BORROW] = cfg.borrow_rate / bars_per_year(m.bar_ms)
-        params[P_SLIP] = cfg.slippage_bps / 1e4 if cfg.slippage == "fixed_bps" else cfg.impact_k
+        slip_mode, params[P_SLIP] = slippage_params(cfg)
         params[P_INITIAL], params[P_PENALTY], params[P_ETA] = (
             cfg.initial_equity,
             cfg.drawdown_penalty,
@@ -268,7 +276,7 @@ class BatchedMarketReplayEnv(VectorEnv):
         )
         self._params = params
         self._iparams = np.array(
-            [_SLIP[cfg.slippage], REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
+            [slip_mode, REWARDS[cfg.reward], cfg.window, m.features.shape[1]], dtype=np.int64
         )
         self.state = np.zeros((n, N_STATE))
         self.istate = np.zeros((n, 7), dtype=np.int64)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines import BASELINES, make_baseline
-from agents.bundle import BundleError, load_policy
+from agents.bundle import BundleError, load_policy, read_spec
 from data.errors import DownloadError
 from data.exchange import check_symbol, check_timeframe, load_markets, make_exchange
 from data.schema import file_symbol
@@ -104,7 +104,7 @@ def _policy(values: dict[str, Any]) -> Any:
             raise ServeError(str(exc)) from exc
     if values.get("run"):
         try:
-            spec = dict(load_policy(Path(values["run"]) / "policy").spec)
+            spec = read_spec(values["run"])
         except BundleError as exc:
             raise ServeError(str(exc)) from exc
     else:
@@ -131,10 +131,8 @@ class BaselinePolicy:
 
     def act(self, obs: Any, info: dict | None = None) -> Any:
         if not self._warm and self.desk is not None and info is not None:
-            market = self.desk.env.market
-            for close in market.close[
-                max(0, self.desk.index(info["ts"]) - 10_000) : self.desk.index(info["ts"])
-            ]:
+            t = self.desk.index(info["ts"])
+            for close in self.desk.env.market.close[max(0, t - 10_000) : t]:
                 self.baseline.act(None, {"price": float(close)})
             self._warm = True
         return self.baseline.act(obs, info)

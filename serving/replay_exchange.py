@@ -824,11 +824,10 @@ def _env_kwargs(name: str | None) -> dict[str, Any]:
     import yaml
 
     path = Path(name)
-    for spec in (path / "policy" / "spec.json", path / "spec.json"):
-        if spec.exists():
-            import json
+    if path.is_dir():
+        from agents.bundle import read_spec
 
-            return dict(json.loads(spec.read_text())["env"])
+        return dict(read_spec(path)["env"])
     if not path.suffix:
         path = Path(__file__).resolve().parents[1] / "conf" / "env" / f"{name}.yaml"
     if not path.exists():

@@ -51,7 +51,7 @@ import pandas as pd
 from envs.accounting import fill_price, liquidate, liquidation_price
 from envs.config import DEFAULT_MAKER_FEE, EnvConfig
 from envs.market import MarketData, prepare
-from envs.vector import _SLIP, entry_after
+from envs.vector import entry_after, slippage_params
 
 DEFAULT_LEVERAGE = 20
 
@@ -119,11 +119,7 @@ class Book:
 
     def __post_init__(self) -> None:
         self.close_ts = self.md.ts + self.md.bar_ms
-        self.slip_mode = _SLIP[self.cfg.slippage]
-        # the slippage parameter as envs/vector.py passes it to the kernel (params[P_SLIP])
-        self.slip_value = (
-            self.cfg.slippage_bps / 1e4 if self.cfg.slippage == "fixed_bps" else self.cfg.impact_k
-        )
+        self.slip_mode, self.slip_value = slippage_params(self.cfg)
         self.taker = self.cfg.fee
         self.maker = DEFAULT_MAKER_FEE[self.cfg.market] if self.cfg.maker_fee is None else self.cfg.maker_fee
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.bundle import load_policy
+from agents.bundle import read_spec
 from serving.app import ServeError, build, command
 from serving.broker import BrokerError, client_tag
 from serving.replay_exchange import ReplayExchange
@@ -34,7 +34,7 @@ def keys(monkeypatch):
 
 def exchange(bundle, market, **kwargs) -> ReplayExchange:
     bars, funding = market
-    env = load_policy(bundle).spec["env"]
+    env = read_spec(bundle)["env"]
     kwargs.setdefault("start_ms", int(bars.ts[START]) + BAR + 1)
     kwargs.setdefault("balances", {"USDT": float(env.get("initial_equity", 10_000.0))})
     return ReplayExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}, env=env, **kwargs)
