@@ -246,15 +246,19 @@ class RiskGate:
         ):
             hit = clamp(target, ctx) if clamp is not None else None
             if hit is not None:
-                target, reason = hit
+                new, reason = hit
                 capped = True
-                events.append(RiskEvent("clamp", name, reason))
+                if not _rounding(new, target):
+                    events.append(RiskEvent("clamp", name, reason))
+                target = new
         order = target - position
         hit = self._clamp_order_notional(order, price)
         if hit is not None:
-            order, reason = hit
+            new, reason = hit
             capped = True
-            events.append(RiskEvent("clamp", "max_order_notional", reason))
+            if not _rounding(new, order):
+                events.append(RiskEvent("clamp", "max_order_notional", reason))
+            order = new
 
         # 11. whole lots
         lot = self.limits.lot_size
@@ -420,6 +424,14 @@ def _check_finite(desired: float, ctx: RiskContext) -> str | None:
         if not math.isfinite(value):
             return f"{name} {value} is not a finite number; no order can be checked"
     return None
+
+
+def _rounding(clamped: float, asked: float) -> bool:
+    """A clamp that moves a value by rounding noise only, as for a policy at exactly the limit (full
+    exposure at a ``risk.max_leverage`` equal to the bundle's leverage lands an ulp above it, and
+    the clamp's ``room / price`` is often the same float). The clamped value is kept; no event is
+    recorded, or the operator would read "clamped" on every bar."""
+    return abs(clamped - asked) <= 1e-12 * abs(asked)
 
 
 def _decide(

@@ -326,6 +326,15 @@ def test_max_leverage_when_policy_asks_50x_then_clamps_to_the_limit():
     )
 
 
+def test_max_leverage_when_full_exposure_lands_an_ulp_above_the_limit_then_passes_without_an_event():
+    # 10,000 / 19,999 = 0.5000250012500626 BTC, which at 19,999 is 10,000.000000000002: 1x by intent,
+    # and the clamp's own room / price is the very same float, so "clamped" would change nothing
+    target = 10_000.0 / 19_999.0
+    assert target * 19_999.0 > 10_000.0
+    d = gate(max_leverage=1.0).check(target, ctx(price=19_999.0, last_close=19_999.0))
+    assert (d.target, d.order, d.events) == (target, target, ())
+
+
 def test_max_leverage_when_equity_is_negative_then_targets_flat():
     d = gate(max_leverage=3.0).check(5.0, ctx(equity=-100.0, position=2.0))
     assert (d.target, d.order) == (0.0, -2.0)
