@@ -137,11 +137,17 @@ class Policy:
         self.recurrent = spec.get("algo") == "recurrent_ppo"
         self._state = None
         self._starts = None
+        # a stable-baselines3 network with a Discrete action: one observation goes straight to it
+        net = getattr(model, "policy", None)
+        discrete = spec["action_space"]["type"] == "Discrete"
+        self._net = net if discrete and not self.recurrent and hasattr(net, "_predict") else None
 
     def act(self, obs: np.ndarray, info: dict | None = None, deterministic: bool = True) -> np.ndarray | int:
         """The action for ``obs`` (one observation or a batch); ``info`` is accepted so that
         trained and rule-based policies share one interface, and is not read."""
         batched = np.ndim(obs) == 2
+        if self._net is not None and not batched:
+            return self._act_one(obs, deterministic)
         if self.recurrent:
             n = len(obs) if batched else 1
             if self._starts is None or len(self._starts) != n:
@@ -155,6 +161,21 @@ class Policy:
         if not batched and self.spec["action_space"]["type"] == "Discrete":
             return int(np.asarray(action).reshape(-1)[0])
         return action
+
+    def _act_one(self, obs: np.ndarray, deterministic: bool) -> int:
+        """``model.predict`` of one observation for a Discrete stable-baselines3 policy, the same
+        network call (``policy._predict`` without gradients, the input as given, which the policy's
+        own preprocessing makes float) without its per-call work: switching every module to eval
+        mode, checking and reshaping the input, the numpy round trip. A third of a serving
+        decision's policy time (benchmarks/decision_latency.py)."""
+        import torch
+
+        net = self._net
+        if net.training:
+            net.set_training_mode(False)
+        with torch.no_grad():
+            action = net._predict(torch.as_tensor(np.asarray(obs)).unsqueeze(0), deterministic=deterministic)
+        return int(action.reshape(-1)[0])
 
     def reset(self) -> None:
         """Forget the recurrent state (a new episode)."""
