@@ -1,15 +1,20 @@
-"""Decision latency of the serving loop, from a closed bar in the buffer to the order in the state
-store, excluding the network.
+"""Decision latency of the serving loop, from a closed bar read from the exchange to its order
+handed on, excluding the network.
 
     python benchmarks/decision_latency.py [--bars 500]
 
 Trains nothing: it builds the default PPO MLP (64x64) policy untrained, the default spot env
 (window 32, the momentum feature set, norm window 1440), a paper account, the risk gate with every
-limit set, and a real SQLite state store, then times ``Server.process`` plus the buffer load for
-each of ``--bars`` consecutive synthetic 1m bars. Prints p50, p99 and max in milliseconds of the
-whole decision and of its parts: the buffer load (market arrays and features), the policy's forward
-pass, the state store (every write and read, and the bar's commit), and the rest (observation,
-risk gate, bookkeeping).
+limit set, and a real SQLite state store, and runs the real loop (``Server.run``: the bar feed,
+the buffer, the cycle collector held off between bars) for ``--bars`` consecutive synthetic 1m
+bars. The exchange is an in-process stand-in that answers ``fetch_time`` and ``fetch_ohlcv`` at
+once, one bar later on every poll, so nothing of the network is timed.
+
+The whole decision is the loop's own clock (``Server.latency``, the number the Prometheus
+histogram gets): from the moment the bar's read returned to the commit that records its order.
+Its parts: the buffer load (market arrays and features), the policy's forward pass, the state
+store (every write and read, and the bar's commit), and the rest (feed merge, observation, risk
+gate, bookkeeping). Prints p50, p99 and max in milliseconds.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from data.synthetic import SyntheticConfig, generate
 from envs.config import EnvConfig
 from envs.vector import BatchedMarketReplayEnv
 from serving.account import Desk
+from serving.app import CATCH_UP_BARS
+from serving.feed import BarFeed
 from serving.loop import LoopConfig, Server
 from serving.risk import RiskGate, RiskLimits
 from serving.state import RunMeta, StateStore
@@ -40,10 +47,25 @@ FEATURES = ("log_return", "range", "body", "volatility", "volume_z", "rsi", "bb_
             "momentum_240", "momentum_1440")  # fmt: skip
 
 
-class _Feed:
-    """The part of a feed the loop reads while processing: no network."""
+class _Exchange:
+    """The two reads of a ccxt exchange the bar feed makes, answered from memory: on each
+    ``fetch_time`` the clock moves to the close of one more bar."""
 
-    stale = False
+    id = "bench"
+    last_http_response = last_json_response = None
+
+    def __init__(self, bars, first: int):
+        self.rows = bars[["ts", "open", "high", "low", "close", "volume"]].to_numpy().tolist()
+        self.ts = bars.ts.to_numpy()
+        self.closed = first  # bars [0, closed) have closed
+
+    def fetch_time(self) -> int:
+        self.closed += 1
+        return int(self.ts[self.closed - 1]) + 60_000 + 1
+
+    def fetch_ohlcv(self, symbol, timeframe, since, limit):
+        i = int(np.searchsorted(self.ts, since))
+        return self.rows[i : min(i + limit, self.closed)]
 
 
 class _Clock:
@@ -108,7 +130,7 @@ def main() -> None:
     model = PPO("MlpPolicy", SB3VecEnv(probe), policy_kwargs={"net_arch": [64, 64]}, device="cpu", seed=0)
     policy = Policy(model, {"algo": "ppo", "action_space": {"type": "Discrete"}}, Path("."))
     with tempfile.TemporaryDirectory() as tmp:
-        store = StateStore(str(Path(tmp) / "state.db"))
+        store = StateStore(str(Path(tmp) / "state.db"), idle_checkpoints=True)
         store.open_run(RunMeta("bench", "-", "synthetic", "spot", "SYN/USDT", "1m", "paper"))
         limits = RiskLimits(
             max_position_notional=1e6, max_leverage=1.0, max_order_notional=1e6, max_orders_per_minute=10,
@@ -116,35 +138,39 @@ def main() -> None:
         )  # fmt: skip
         desk = Desk(env_kwargs, history)
         gate = RiskGate(limits)
-        forward, writes = _Clock(), _Clock()
+        load, forward, writes = _Clock(), _Clock(), _Clock()
+        desk.load = load.wrap(desk.load)
         policy.act = forward.wrap(policy.act)
         for name in ("get", "set", "record_decision", "record_equity", "record_risk_event", "record_fill",
                      "create_order", "update_order", "order", "orders", "take_commands"):  # fmt: skip
             setattr(store, name, writes.wrap(getattr(store, name)))
         store.batch = writes.wrap_batch(store.batch)
-        server = Server(run_id="bench", policy=policy, desk=desk, feed=_Feed(), gate=gate, store=store,
-                        config=LoopConfig())  # fmt: skip
+        feed = BarFeed(_Exchange(bars, history + 1), "SYN/USDT", "1m", need=desk.need + CATCH_UP_BARS,
+                       with_funding=False, max_retries=0)  # fmt: skip
+        server = Server(run_id="bench", policy=policy, desk=desk, feed=feed, gate=gate, store=store,
+                        config=LoopConfig(poll_seconds=0.0, max_bars=args.bars))  # fmt: skip
         parts: dict[str, list[float]] = {"load": [], "forward": [], "store": [], "rest": [], "total": []}
-        for k in range(args.bars):
-            upto = history + 1 + k
-            forward.spent = writes.spent = 0.0
-            t0 = time.perf_counter()
-            desk.load(bars.iloc[upto - desk.need + 1 : upto].reset_index(drop=True), None)
-            t1 = time.perf_counter()
-            server.process(int(bars.ts.iloc[upto - 1]))
-            t2 = time.perf_counter()
-            parts["load"].append(t1 - t0)
+        process = server.process
+
+        def timed_process(*a, **kw):
+            process(*a, **kw)
+            total = server.latency
+            parts["load"].append(load.spent)
             parts["forward"].append(forward.spent)
             parts["store"].append(writes.spent)
-            parts["rest"].append(t2 - t1 - forward.spent - writes.spent)
-            parts["total"].append(t2 - t0)
+            parts["rest"].append(total - load.spent - forward.spent - writes.spent)
+            parts["total"].append(total)
+            load.spent = forward.spent = writes.spent = 0.0
+
+        server.process = timed_process
+        server.run()
         store.close()
     for key, name in (
-        ("load", "buffer load (market arrays and features)"),
+        ("load", "  buffer load (market arrays and features)"),
         ("forward", "  policy forward (Policy.act)"),
         ("store", "  state store (writes, reads, commit)"),
-        ("rest", "  the rest of Server.process"),
-        ("total", "decision (load + decide + record)"),
+        ("rest", "  the rest (feed merge, observation, gate)"),
+        ("total", "decision (bar read -> order recorded)"),
     ):
         ms = np.asarray(parts[key][5:]) * 1000  # the first bars compile
         p50, p99 = np.percentile(ms, [50, 99])

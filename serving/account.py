@@ -11,6 +11,7 @@ both and compares). Nothing here is a copy of the accounting or the features.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -83,25 +84,22 @@ class Account:
         return cls(**{k: d[k] for k in ACCOUNT_KEYS if k in d})
 
 
-def _with_placeholder(bars: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The bar columns of ``bars`` as arrays with the placeholder bar (:meth:`Desk.load`) after the
-    last: one bar later, opening and closing at the last close, its range wide enough that spread
-    and slippage are not clipped when :meth:`Desk.plan` sizes a live order on it; its volume (and
-    the rest) the last bar's."""
-    names = bars.columns.tolist()
-    wanted = [c for c in ALL_BAR_COLUMNS[1:] if c in names]
-    try:
-        # the whole frame in one pass: column by column costs ten times as much in pandas
-        values = bars.to_numpy(dtype=np.float64)[:, [names.index(c) for c in wanted]]
-    except (TypeError, ValueError):  # a column that is not a number, which the features do not read
-        values = np.column_stack([bars[c].to_numpy(dtype=np.float64) for c in wanted])
-    n = len(values)
+def _with_placeholder(bars: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The bar columns of ``bars`` (a DataFrame or a mapping of column names to arrays) as float64
+    arrays with the placeholder bar (:meth:`Desk.load`) after the last: one bar later, opening and
+    closing at the last close, its range wide enough that spread and slippage are not clipped when
+    :meth:`Desk.plan` sizes a live order on it; its volume (and the rest) the last bar's."""
+    wanted = [c for c in ALL_BAR_COLUMNS[1:] if c in bars]
+    if "ts" not in bars or len(bars["ts"]) == 0:  # prepare says what is wrong
+        return {c: np.asarray(bars[c]) for c in ALL_BAR_COLUMNS if c in bars}
+    ts = np.asarray(bars["ts"])  # its own dtype, so that prepare rejects open times that are not integers
+    n = len(ts)
     table = np.empty((len(wanted), n + 1))
-    table[:, :n] = values.T
-    table[:, n] = values[-1]
+    for row, c in zip(table, wanted, strict=True):
+        row[:n] = bars[c]
+        row[n] = row[n - 1]
     cols = dict(zip(wanted, table, strict=True))
-    if "ts" in names and {"open", "high", "low", "close"} <= cols.keys():
-        ts = bars["ts"].to_numpy()  # its own dtype, so that prepare rejects open times that are not integers
+    if {"open", "high", "low", "close"} <= cols.keys():
         cols["ts"] = np.append(ts, ts[-1] + (ts[-1] - ts[-2] if n > 1 else 60_000))
         close = cols["close"][n]
         cols["open"][n] = close
@@ -139,11 +137,11 @@ class Desk:
         """Bars around a decision: its history, the decision bar, and the bar it fills on."""
         return self.history + 2
 
-    def load(self, bars: pd.DataFrame, funding: pd.DataFrame | None) -> None:
+    def load(self, bars: Mapping[str, Any], funding: pd.DataFrame | None) -> None:
         """Compute the env's market arrays over ``bars`` (the buffer, oldest first, ending at the
-        decision bar). The env wants a bar to step into after its start, so a placeholder bar
-        follows the last one; features are causal, so it changes no row before it, and only
-        :meth:`plan` reads it.
+        decision bar: a DataFrame, or the feed's mapping of column names to arrays). The env wants
+        a bar to step into after its start, so a placeholder bar follows the last one; features
+        are causal, so it changes no row before it, and only :meth:`plan` reads it.
 
         The buffer reaches :func:`envs.market.prepare` as arrays (the same checks and features as
         training, without pandas), and the env is built on the first load only and then moved onto

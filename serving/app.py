@@ -242,7 +242,7 @@ def build(values: dict[str, Any]) -> Server:
         name = bundle.parent.name if bundle.name == "policy" else bundle.name
     run_id = f"{name}_{file_symbol(symbol)}_{timeframe}"
     try:
-        store = StateStore(state_path(values))
+        store = StateStore(state_path(values), idle_checkpoints=True)  # Server.run checkpoints between bars
         store.open_run(RunMeta(run_id, str(bundle), exchange, market, symbol, timeframe, values["mode"]))
     except StateError as exc:
         raise ServeError(str(exc)) from exc

@@ -10,8 +10,10 @@ then only reduces). Reads are retried with backoff (:func:`data.exchange.read`).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from data.errors import DownloadError
@@ -20,6 +22,11 @@ from data.schema import iso, timeframe_ms
 
 log = logging.getLogger(__name__)
 PAGE = 1000
+COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+
+
+def _empty() -> dict[str, np.ndarray]:
+    return {c: np.empty(0, dtype=np.int64 if c == "ts" else np.float64) for c in COLUMNS}
 
 
 class BarFeed:
@@ -29,11 +36,16 @@ class BarFeed:
         self.ex, self.symbol, self.timeframe = ex, symbol, timeframe
         self.bar = timeframe_ms(timeframe)
         self.need, self.with_funding, self.max_retries = need, with_funding, max_retries
-        self.bars = pd.DataFrame(columns=["ts", "open", "high", "low", "close", "volume"])
+        # the buffer as columns (ts int64, the rest float64), oldest first: the loop slices it per bar
+        self.bars: dict[str, np.ndarray] = _empty()
         self.funding: pd.DataFrame | None = None
         self.stale = False
         self.reason = ""
         self.now_ms: int | None = None  # the exchange clock at the last update
+        self.read_at = 0.0  # time.perf_counter() when the last update's last read returned
+
+    def __len__(self) -> int:
+        return len(self.bars["ts"])
 
     def now(self) -> int:
         """The exchange's clock, epoch ms."""
@@ -43,7 +55,7 @@ class BarFeed:
         """Open time of the last bar that has closed at ``now_ms``."""
         return (now_ms // self.bar) * self.bar - self.bar
 
-    def _fetch(self, since: int, last: int) -> pd.DataFrame:
+    def _fetch(self, since: int, last: int) -> dict[str, np.ndarray]:
         rows: list[list[float]] = []
         cursor = since
         while cursor <= last:
@@ -58,9 +70,12 @@ class BarFeed:
                 break
             rows.extend(page)
             cursor = int(page[-1][0]) + self.bar
-        frame = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume"])
-        frame["ts"] = frame["ts"].astype("int64")
-        return frame.drop_duplicates("ts").sort_values("ts").reset_index(drop=True)
+        if not rows:
+            return _empty()
+        table = np.array([r[:6] for r in rows], dtype=np.float64)
+        cols = {c: table[:, i] for i, c in enumerate(COLUMNS)}
+        cols["ts"] = cols["ts"].astype(np.int64)
+        return cols
 
     def _fetch_funding(self, since: int) -> pd.DataFrame | None:
         page = read(
@@ -87,14 +102,14 @@ class BarFeed:
         try:
             now = self.now_ms = self.now()
             last = self.last_closed(now)
-            have = int(self.bars.ts.iloc[-1]) if len(self.bars) else None
+            have = int(self.bars["ts"][-1]) if len(self) else None
             since = last - (self.need - 1) * self.bar if have is None else have + self.bar
             if have is not None and since > last:
                 self.stale = False
                 return []
             new = self._fetch(since, last)
             if self.with_funding:
-                start = int(self.bars.ts.iloc[0] if len(self.bars) else since)
+                start = int(self.bars["ts"][0] if len(self) else since)
                 fresh = self._fetch_funding(start - 8 * 3_600_000)
                 if fresh is not None:
                     self.funding = fresh
@@ -102,10 +117,14 @@ class BarFeed:
             self.stale, self.reason = True, f"cannot read the exchange: {exc}"
             log.warning("%s", self.reason)
             return []
-        merged = pd.concat([self.bars, new], ignore_index=True) if len(self.bars) else new
-        merged = merged.drop_duplicates("ts").sort_values("ts").astype({"ts": "int64"})
-        self.bars = merged.iloc[-self.need :].reset_index(drop=True)
-        ts = self.bars.ts.to_numpy()
+        finally:
+            self.read_at = time.perf_counter()
+        both = {c: np.concatenate([self.bars[c], new[c]]) for c in COLUMNS}
+        # sorted by open time, one row per bar (a bar the buffer holds keeps its values), the last ``need``
+        _, first = np.unique(both["ts"], return_index=True)
+        keep = first[-self.need :]
+        self.bars = {c: v[keep] for c, v in both.items()}
+        ts = self.bars["ts"]
         holes = (ts[1:] - ts[:-1]) != self.bar
         if len(ts) and int(ts[-1]) != last:
             self.stale, self.reason = (
@@ -119,4 +138,4 @@ class BarFeed:
             )
         else:
             self.stale, self.reason = False, ""
-        return [int(t) for t in new.ts if have is None or t > have]
+        return [int(t) for t in new["ts"] if have is None or t > have]

@@ -5,6 +5,7 @@ operator commands and the kill file halt it; bad input stops it at start."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -83,6 +84,27 @@ def test_paper_serving_decides_and_fills_exactly_as_the_evaluation_replay(bundle
     # equity at each decision bar's close: the evaluation ledger's row of that bar
     np.testing.assert_allclose(curve["equity"].to_numpy()[:99], rows["equity"].to_numpy()[:99], rtol=1e-9)
     assert len(store.fills()) > 0
+
+
+def test_run_holds_the_cycle_collector_off_during_a_decision_and_gives_it_back_after(
+    bundle, market, tmp_path
+):
+    bars, funding = market
+    now = int(bars.ts[1_000]) + BAR + 1
+    with LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}, now_ms=now) as ex:
+        server = build(values(bundle, ex.url, tmp_path / "state.db", serve={"max_polls": 2}))
+        seen = []
+        act = server.policy.act
+
+        def watched(obs, info=None):
+            seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+            return act(obs, info)
+
+        server.policy.act = watched
+        server.run()
+    assert seen == [(False, True)]  # one bar decided, with the collector off and the start's objects frozen
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert 0.0 < server.latency < 1.0  # seconds, from the bar read to the order recorded
 
 
 def test_a_restarted_paper_bot_continues_at_the_next_bar_without_repeating_a_decision(

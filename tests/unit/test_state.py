@@ -315,6 +315,23 @@ def test_order_transitions_follow_the_table_exactly(store: StateStore):
     assert n == 49
 
 
+def test_an_update_via_a_state_checks_both_moves_and_skips_the_one_already_made(store: StateStore):
+    store.create_order("run-1", T0, "buy", 1.0, False, None, T0)
+    store.update_order("run-1", "FILLED", T0 + 1, filled=1.0, via=("SENT",))  # NEW -> SENT -> FILLED
+    assert (store.order("run-1")["status"], store.order("run-1")["filled"]) == ("FILLED", 1.0)
+    store.update_order("run-1", "FILLED", T0 + 2, filled=1.0, via=("SENT",))  # a replay: a no-op
+    assert store.order("run-1")["updated_ms"] == T0 + 1
+    store.create_order("run-2", T0, "buy", 1.0, False, None, T0)
+    store.update_order("run-2", "SENT", T0 + 1)
+    store.update_order("run-2", "CANCELED", T0 + 2, filled=0.0, via=("SENT",))  # already SENT
+    assert store.order("run-2")["status"] == "CANCELED"
+    store.create_order("run-3", T0, "buy", 1.0, False, None, T0)
+    store.update_order("run-3", "REJECTED", T0 + 1)
+    with pytest.raises(StateError, match="run-3: REJECTED -> SENT is not a legal transition"):
+        store.update_order("run-3", "FILLED", T0 + 2, filled=1.0, via=("SENT",))
+    assert store.order("run-3")["status"] == "REJECTED"
+
+
 def test_a_final_order_names_itself_as_final(store: StateStore):
     store.create_order("run-1", T0, "buy", 1.0, False, None, T0)
     store.update_order("run-1", "REJECTED", T0 + 1, error="insufficient balance")
@@ -557,3 +574,18 @@ def test_sigkill_mid_write_never_leaves_half_a_record_and_the_next_start_complet
     with StateStore(path) as s:
         assert final["orders"] == final["n"] == before["orders"] + 2
         assert {o["status"] for o in s.orders()} == {"FILLED"}
+
+
+def test_idle_checkpoints_leave_the_wal_alone_until_checkpoint_copies_it_into_the_file(tmp_path: Path):
+    path = tmp_path / "state.db"
+    store = StateStore(str(path), idle_checkpoints=True)
+    for k in range(600):  # about 1,200 WAL frames: SQLite's automatic checkpoint would run at 1,000
+        store.record_equity(T0 + k, 100.0 + k, 0.0, 100.0, 1.0)
+    frames = (os.path.getsize(f"{path}-wal") - 32) // (4096 + 24)
+    assert frames > 1_000
+    before = os.path.getsize(path)
+    store.checkpoint()
+    assert os.path.getsize(path) > before  # the rows are in the database file now
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM equity").fetchone() == (600,)
+    store.close()
