@@ -119,11 +119,13 @@ class BarFeed:
             return []
         finally:
             self.read_at = time.perf_counter()
-        both = {c: np.concatenate([self.bars[c], new[c]]) for c in COLUMNS}
-        # sorted by open time, one row per bar (a bar the buffer holds keeps its values), the last ``need``
-        _, first = np.unique(both["ts"], return_index=True)
-        keep = first[-self.need :]
-        self.bars = {c: v[keep] for c, v in both.items()}
+        both = {c: np.concatenate([self.bars[c][-self.need :], new[c]]) for c in COLUMNS}
+        ts = both["ts"]
+        if not (ts[1:] > ts[:-1]).all():  # (the usual case, new bars after the buffer's, needs nothing)
+            # sorted by open time, one row per bar (a bar the buffer holds keeps its values)
+            _, first = np.unique(ts, return_index=True)
+            both = {c: v[first] for c, v in both.items()}
+        self.bars = {c: v[-self.need :] for c, v in both.items()}
         ts = self.bars["ts"]
         holes = (ts[1:] - ts[:-1]) != self.bar
         if len(ts) and int(ts[-1]) != last:

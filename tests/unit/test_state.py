@@ -576,7 +576,7 @@ def test_sigkill_mid_write_never_leaves_half_a_record_and_the_next_start_complet
         assert {o["status"] for o in s.orders()} == {"FILLED"}
 
 
-def test_idle_checkpoints_leave_the_wal_alone_until_checkpoint_copies_it_into_the_file(tmp_path: Path):
+def test_idle_checkpoints_leave_the_wal_alone_until_checkpoint_empties_it_into_the_file(tmp_path: Path):
     path = tmp_path / "state.db"
     store = StateStore(str(path), idle_checkpoints=True)
     for k in range(600):  # about 1,200 WAL frames: SQLite's automatic checkpoint would run at 1,000
@@ -584,8 +584,11 @@ def test_idle_checkpoints_leave_the_wal_alone_until_checkpoint_copies_it_into_th
     frames = (os.path.getsize(f"{path}-wal") - 32) // (4096 + 24)
     assert frames > 1_000
     before = os.path.getsize(path)
+    store.checkpoint(if_over=64 << 20)  # the WAL is smaller: nothing happens
+    assert os.path.getsize(path) == before
     store.checkpoint()
     assert os.path.getsize(path) > before  # the rows are in the database file now
+    assert os.path.getsize(f"{path}-wal") == 0
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT count(*) FROM equity").fetchone() == (600,)
     store.close()
