@@ -14,7 +14,8 @@ The whole decision is the loop's own clock (``Server.latency``, the number the P
 histogram gets): from the moment the bar's read returned to the commit that records its order.
 Its parts: the buffer load (market arrays and features), the policy's forward pass, the state
 store (every write and read, and the bar's commit), and the rest (feed merge, observation, risk
-gate, bookkeeping). Prints p50, p99 and max in milliseconds.
+gate, bookkeeping). Prints p50, p99 and max in milliseconds, then how much this machine alone
+spreads a fixed workload (p99/p50), to read the p99 against.
 """
 
 from __future__ import annotations
@@ -113,6 +114,27 @@ class _Clock:
         return timed
 
 
+def _jitter(repeats: int = 500) -> np.ndarray:
+    """Milliseconds of one fixed piece of numpy and Python work (about a third of a decision),
+    timed ``repeats`` times: how much this machine alone spreads a constant workload."""
+    x = np.random.default_rng(0).random(2_000)
+
+    def work() -> float:
+        total = 0.0
+        for _ in range(15):
+            total += float(np.sort(np.cumsum(x))[5])
+            total += len({i: i for i in range(200)})
+        return total
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+        time.sleep(0.001)
+    return np.asarray(times[20:]) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bars", type=int, default=500)
@@ -178,6 +200,10 @@ def main() -> None:
     print(
         f"({args.bars} bars of 1m, history {history} bars, window 32 x {len(FEATURES)} features, SQLite WAL)"
     )
+    ms = _jitter()
+    p50, p99 = np.percentile(ms, [50, 99])
+    print(f"this machine's own spread: a fixed workload timed {len(ms)} times, p50 {p50:.2f} ms, "
+          f"p99 {p99:.2f} ms (p99/p50 {p99 / p50:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -504,9 +504,11 @@ class StateStore:
         outside the table raises :class:`StateError`.
         """
         path = (*via, status)
-        for s in path:
-            if s not in ORDER_STATES:
-                raise StateError(f"order {client_id}: status {s!r} is not one of {', '.join(ORDER_STATES)}")
+        for name in path:
+            if name not in ORDER_STATES:
+                raise StateError(
+                    f"order {client_id}: status {name!r} is not one of {', '.join(ORDER_STATES)}"
+                )
         with self._write() as conn:
             cur = self._lock_order.run(conn, {"cid": client_id})
             found = cur.fetchone()
