@@ -176,7 +176,12 @@ commands_table = Table(
 
 def store_url(state: str) -> str:
     """``'runs/x/state.db'`` or ``'/abs/state.sqlite'`` -> ``'sqlite:////abs/...'`` (relative paths are
-    resolved against the working directory); a URL (anything with ``'://'``) is returned as is."""
+    resolved against the working directory); ``postgresql://`` (or ``postgres://``) without a driver
+    -> ``postgresql+psycopg://`` (psycopg 3, the ``postgres`` extra; SQLAlchemy's own default is the
+    older psycopg2); any other URL (anything with ``'://'``) is returned as is."""
+    for bare in ("postgresql://", "postgres://"):
+        if state.startswith(bare):
+            return "postgresql+psycopg://" + state[len(bare) :]
     if "://" in state:
         return state
     if state == ":memory:":
@@ -275,7 +280,7 @@ class StateStore:
         except (NoSuchModuleError, ImportError) as exc:
             raise StateError(
                 f"cannot open state store {self.where}: {exc}; install its database driver "
-                "(pip install 'psycopg[binary]' for postgresql://) or give a SQLite file path"
+                "(pip install 'klinegym[postgres]' for postgresql://) or give a SQLite file path"
             ) from exc
         if self._sqlite:
             _sqlite_setup(self._engine, autocheckpoint=not idle_checkpoints)

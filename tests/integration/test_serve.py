@@ -107,6 +107,29 @@ def test_run_holds_the_cycle_collector_off_during_a_decision_and_gives_it_back_a
     assert 0.0 < server.latency < 1.0  # seconds, from the bar read to the order recorded
 
 
+def test_a_paper_bot_keeps_the_same_books_on_postgresql_as_on_sqlite(bundle, market, tmp_path, postgres_url):
+    bars, funding = market
+    now = int(bars.ts[1_000]) + BAR + 1
+    books = []
+    for state in (str(tmp_path / "state.db"), postgres_url):
+        with LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding},
+                              now_ms=now) as ex:  # fmt: skip
+            server = build(values(bundle, ex.url, state))
+            drive(server, ex, now, 40)
+            server.store.close()
+        with StateStore(state) as store:
+            books.append(
+                (store.decisions(), store.orders(), store.fills(), store.equity_curve(), store.account())
+            )
+    decisions, orders, fills, _, _ = books[1]
+    assert (
+        len(decisions) == 40
+        and len(fills) > 0
+        and {o["status"] for o in orders} <= {"FILLED", "CANCELED", "NEW"}
+    )
+    assert books[1] == books[0]
+
+
 def test_a_restarted_paper_bot_continues_at_the_next_bar_without_repeating_a_decision(
     bundle, market, tmp_path
 ):

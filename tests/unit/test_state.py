@@ -49,9 +49,17 @@ def path(tmp_path: Path) -> str:
     return str(tmp_path / "serve" / "state.db")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path: Path) -> str:
+    """A new, empty state store: a SQLite file, and a new PostgreSQL database (``postgres_url``)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "serve" / "state.db")
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture()
-def store(path: str):
-    s = StateStore(path)
+def store(url: str):
+    s = StateStore(url)
     s.open_run(META)
     yield s
     s.close()
@@ -71,7 +79,9 @@ def test_store_url_makes_sqlite_urls_of_paths_and_keeps_urls(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     assert store_url("runs/x/state.db") == f"sqlite:///{tmp_path}/runs/x/state.db"
     assert store_url("/abs/state.sqlite") == "sqlite:////abs/state.sqlite"
-    assert store_url("postgresql://bot@db/klinegym") == "postgresql://bot@db/klinegym"
+    assert store_url("postgresql://bot@db/klinegym") == "postgresql+psycopg://bot@db/klinegym"
+    assert store_url("postgres://bot@db/klinegym") == "postgresql+psycopg://bot@db/klinegym"
+    assert store_url("postgresql+psycopg2://bot@db/k") == "postgresql+psycopg2://bot@db/k"
     assert store_url("sqlite:///rel.db") == "sqlite:///rel.db"
 
 
@@ -83,7 +93,8 @@ def test_a_new_store_creates_its_folder_and_has_no_run(path: str):
         assert s.get("trading_state", "ACTIVE") == "ACTIVE"
 
 
-def test_every_sqlite_connection_is_wal_with_normal_sync_and_a_busy_timeout(store: StateStore, path: str):
+def test_every_sqlite_connection_is_wal_with_normal_sync_and_a_busy_timeout(path: str):
+    store = StateStore(path)
     with store._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
@@ -93,6 +104,7 @@ def test_every_sqlite_connection_is_wal_with_normal_sync_and_a_busy_timeout(stor
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         raw.close()
+        store.close()
 
 
 def test_garbage_bytes_are_not_a_sqlite_database(tmp_path: Path):
@@ -137,20 +149,20 @@ def test_the_schema_uses_double_precision_and_bigint_on_postgresql():
 # -- the run ------------------------------------------------------------------------------------
 
 
-def test_the_first_open_records_the_run_and_a_reopen_of_the_same_run_is_accepted(path: str):
-    with StateStore(path) as s:
+def test_the_first_open_records_the_run_and_a_reopen_of_the_same_run_is_accepted(url: str):
+    with StateStore(url) as s:
         s.open_run(META)
-    with StateStore(path) as s:
+    with StateStore(url) as s:
         s.open_run(META)
         assert s.run() == META
 
 
-def test_another_runs_store_is_refused_naming_both_runs(store: StateStore, path: str):
+def test_another_runs_store_is_refused_naming_both_runs(store: StateStore, url: str):
     other = RunMeta("sac_eth_ETHUSDT_5m", "b", "binance", "spot", "ETH/USDT", "5m", "paper")
     with pytest.raises(StateError) as info:
         store.open_run(other)
     message = str(info.value)
-    assert f"state store {path} belongs to run ppo_btc_BTCUSDT_1m (BTC/USDT 1m" in message
+    assert f"state store {store.where} belongs to run ppo_btc_BTCUSDT_1m (BTC/USDT 1m" in message
     assert "use a new state= for run sac_eth_ETHUSDT_5m" in message
     assert store.run() == META
 
@@ -181,10 +193,10 @@ def test_a_paper_store_cannot_go_live_but_a_live_one_stays_live(store: StateStor
 # -- persistence --------------------------------------------------------------------------------
 
 
-def test_an_order_written_before_sending_survives_a_reopen(store: StateStore, path: str):
+def test_an_order_written_before_sending_survives_a_reopen(store: StateStore, url: str):
     assert store.create_order("run-1", T0, "buy", 0.25, False, 42_000.5, T0 + 5)
     store.close()
-    with StateStore(path) as again:
+    with StateStore(url) as again:
         order = again.order("run-1")
         assert order == {
             "client_id": "run-1", "bar_ts": T0, "side": "buy", "qty": 0.25, "reduce_only": False,
@@ -195,7 +207,7 @@ def test_an_order_written_before_sending_survives_a_reopen(store: StateStore, pa
         assert again.orders(("FILLED",)) == []
 
 
-def test_everything_survives_close_and_reopen(store: StateStore, path: str):
+def test_everything_survives_close_and_reopen(store: StateStore, url: str):
     store.set(trading_state="HALTED", halted_until_ms=T0 + 3_600_000, day=19754, peak_equity=10_250.0,
               pending={"client_id": "run-2", "exposure": -0.5}, flag=None)  # fmt: skip
     store.record_decision(T0, "ab12", 0.7, 0.3, 0.25, [{"kind": "clamp", "check": "max_position"}])
@@ -212,7 +224,7 @@ def test_everything_survives_close_and_reopen(store: StateStore, path: str):
     store.push_command("halt", T0)
     store.close()
 
-    with StateStore(path) as s:
+    with StateStore(url) as s:
         assert s.run() == META
         assert s.get("trading_state") == "HALTED"
         assert s.get("halted_until_ms") == T0 + 3_600_000
@@ -233,6 +245,27 @@ def test_everything_survives_close_and_reopen(store: StateStore, path: str):
             {"ts_ms": T0, "kind": "clamp", "check": "max_position", "reason": "0.3 > 0.25"}
         ]
         assert s.take_commands(T0 + 1) == ["halt"]
+
+
+def test_a_batch_commits_its_writes_together_or_not_at_all(store: StateStore, url: str):
+    with store.batch():
+        store.create_order("run-1", T0, "buy", 1.0, False, None, T0)
+        store.update_order("run-1", "FILLED", T0 + 1, filled=1.0, via=("SENT",))
+        store.record_fill("run-1", "t1", T0 + 1, 1.0, 100.0, 0.1)
+        store.set(last_bar_ts=T0)
+        assert store.order("run-1") is None  # reads see only what was committed
+    with pytest.raises(RuntimeError, match="crash"), store.batch():
+        store.create_order("run-2", T0 + 1, "sell", 1.0, True, None, T0 + 1)
+        store.record_fill("run-2", "t1", T0 + 2, -1.0, 100.0, 0.1)
+        store.set(last_bar_ts=T0 + 1)
+        raise RuntimeError("crash")
+    with store.batch():  # the kept connection is usable after a rollback
+        store.record_equity(T0 + 2, 1.0, 0.0, 1.0, 100.0)
+    with StateStore(url) as other:
+        assert [o["client_id"] for o in other.orders()] == ["run-1"]
+        assert [f["client_id"] for f in other.fills()] == ["run-1"]
+        assert other.get("last_bar_ts") == T0
+        assert [p["ts_ms"] for p in other.equity_curve()] == [T0 + 2]
 
 
 def test_numpy_scalars_are_stored_as_plain_numbers(store: StateStore):
@@ -387,8 +420,8 @@ def test_an_unknown_command_is_a_state_error(store: StateStore):
         store.push_command("stop", T0)
 
 
-def test_commands_pushed_by_another_store_are_taken_once_in_order(store: StateStore, path: str):
-    with StateStore(path) as operator:
+def test_commands_pushed_by_another_store_are_taken_once_in_order(store: StateStore, url: str):
+    with StateStore(url) as operator:
         ids = [operator.push_command(c, T0 + i) for i, c in enumerate(["flatten", "halt", "resume"])]
     assert ids == sorted(ids)
     assert store.status()["counts"]["pending_commands"] == 3
@@ -397,7 +430,7 @@ def test_commands_pushed_by_another_store_are_taken_once_in_order(store: StateSt
     assert store.status()["counts"]["pending_commands"] == 0
 
 
-def test_commands_pushed_by_another_process_are_taken_once_in_order(store: StateStore, path: str):
+def test_commands_pushed_by_another_process_are_taken_once_in_order(store: StateStore, url: str):
     pushed = ["halt", "resume", "flatten"] * 10
     proc = child(
         """
@@ -408,7 +441,7 @@ def test_commands_pushed_by_another_process_are_taken_once_in_order(store: State
             s.push_command(c, i)
             time.sleep(0.003)
         """,
-        path, ",".join(pushed),
+        url, ",".join(pushed),
     )  # fmt: skip
     taken: list[str] = []
     deadline = time.monotonic() + 20
@@ -420,7 +453,7 @@ def test_commands_pushed_by_another_process_are_taken_once_in_order(store: State
     assert store.take_commands(T0) == []
 
 
-def test_two_processes_taking_commands_never_both_get_one(path: str, tmp_path: Path):
+def test_two_processes_taking_commands_never_both_get_one(url: str, tmp_path: Path):
     """The operator pushes while two takers race; each command is taken exactly once."""
     taker = """
         import json, sys, time
@@ -439,8 +472,8 @@ def test_two_processes_taking_commands_never_both_get_one(path: str, tmp_path: P
         print(json.dumps(taken))
         """
     go = tmp_path / "go"
-    with StateStore(path) as s:
-        procs = [child(taker, path, str(go), stdout=subprocess.PIPE) for _ in range(2)]
+    with StateStore(url) as s:
+        procs = [child(taker, url, str(go), stdout=subprocess.PIPE) for _ in range(2)]
         go.touch()
         pushed = [("halt", "resume", "flatten")[i % 3] for i in range(150)]
         for i, c in enumerate(pushed):
@@ -457,7 +490,7 @@ def test_two_processes_taking_commands_never_both_get_one(path: str, tmp_path: P
 # -- status -------------------------------------------------------------------------------------
 
 
-def test_status_shows_run_state_account_open_orders_last_decision_and_counts(store: StateStore, path: str):
+def test_status_shows_run_state_account_open_orders_last_decision_and_counts(store: StateStore, url: str):
     store.set(trading_state="REDUCING", last_bar_ts=T0 + 60_000)
     store.record_decision(T0, "h0", 0.1, 0.1, 0.1, [])
     store.record_decision(T0 + 60_000, "h1", -0.2, -0.2, 0.0, [{"kind": "deny"}])
@@ -472,10 +505,10 @@ def test_status_shows_run_state_account_open_orders_last_decision_and_counts(sto
     store.record_equity(T0 + 60_000, 8.0, 2.0, 1.0, 3.5)
     store.push_command("halt", T0)
 
-    with StateStore(path) as reader:
+    with StateStore(url) as reader:
         status = reader.status()
     json.dumps(status)  # what `serve.py command=status` prints
-    assert status["store"] == path
+    assert status["store"] == store.where  # the path, or the URL with its password hidden
     assert status["run"] == META.__dict__
     assert status["state"] == {"last_bar_ts": T0 + 60_000, "trading_state": "REDUCING"}
     assert status["account"]["position"] == 2.0
