@@ -119,7 +119,7 @@ class BarFeed:
             return []
         finally:
             self.read_at = time.perf_counter()
-        both = {c: np.concatenate([self.bars[c][-self.need :], new[c]]) for c in COLUMNS}
+        both = {c: np.concatenate([self.bars[c], new[c]]) for c in COLUMNS}
         ts = both["ts"]
         if not (ts[1:] > ts[:-1]).all():  # (the usual case, new bars after the buffer's, needs nothing)
             # sorted by open time, one row per bar (a bar the buffer holds keeps its values)
