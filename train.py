@@ -22,6 +22,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from agents.commandline import preflight
 from agents.config import ConfigError, TrainConfig
 
 log = logging.getLogger("train")
@@ -67,4 +68,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(Path(__file__).resolve().parent / "conf", "config", TrainConfig)
     main()

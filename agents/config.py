@@ -8,18 +8,14 @@ the run at start with the key's full name.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.config import ConfigError, build
 from data.schema import iso, parse_time, timeframe_ms
 from envs.config import EnvConfig
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run. Policy: stop before any work, naming the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -259,60 +255,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        try:
-            return _build(cls, values, "")
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(str(exc)) from exc
-
-
-def _check_type(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}={value!r} must be a mapping")
-        inner = typing.get_args(hint)[1]
-        return {k: _check_type(v, inner, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, f"{key}.")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list")
-        inner = typing.get_args(hint)[0]
-        return tuple(_check_type(v, inner, key) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and (type(value) is hint):
-        return value
-    if hint is Any:
-        return value
-    raise ConfigError(f"{key}={value!r} must be a {getattr(hint, '__name__', hint)}")
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str):
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        where = prefix.rstrip(".") or "the config"
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; {where} accepts: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _check_type(value, hints[name], f"{prefix}{name}")
-    return cls(**kwargs)
+        return build(cls, values)
