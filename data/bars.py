@@ -190,6 +190,6 @@ def build_bar_series(
         raise DataError(
             f"no trades for {trades_key} in [{iso(lo) if lo is not None else '-inf'}, "
             f"{iso(hi) if hi is not None else '+inf'}) under {store.root}; import them first "
-            "(python -m data import ...)"
+            "(python -m data import path=... timeframe=trades)"
         )
     return store.write(target, build_bars(trades, spec_name), on_conflict=on_conflict)

@@ -1,15 +1,18 @@
 """``python -m data COMMAND key=value ...``: download, import, coverage, validate, resample, bars, synth.
 
 Every command takes ``key=value`` arguments, the same spelling as the Hydra overrides of the
-training entry point. Each command's arguments are a frozen dataclass: an unknown key or a value
-of the wrong type stops at once with the list of keys the command accepts.
-``python -m data COMMAND --help`` shows them with their defaults.
+training entry point (a leading ``+`` is allowed). Each command's arguments are a frozen dataclass
+that checks its values when it is built, so a bad command line stops before any work. A refusal is
+one line on stderr, exit status 2: an unknown key names the closest valid ones
+(:func:`data.config.unknown_key`), a bad value names the key and what it must be.
+``python -m data COMMAND --help`` shows the keys with their defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -18,24 +21,30 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from data.errors import DataError
-from data.schema import FUNDING, TRADES, iso, parse_time
-from data.store import SeriesKey, Store
+from data.config import closest, unknown_key
+from data.errors import DataError, ValidationError
+from data.schema import FUNDING, TRADES, iso, parse_bar_spec, parse_time, timeframe_ms
+from data.store import ON_CONFLICT, SeriesKey, Store
 
 EXIT_USAGE = 2
 
 
 class UsageError(ValueError):
-    """A command line that cannot be run. Policy: print it with the command's help and exit 2."""
+    """A command line that cannot be run. Policy: print it on one line and exit 2, before any work."""
 
 
-def _help(text: str, default=dataclasses.MISSING):
+def _help(text: str, default=dataclasses.MISSING, *, secret: bool = False):
+    """A field with its ``--help`` text; ``secret`` fields never have their value shown in an error."""
+    metadata = {"help": text, "secret": secret}
     if default is dataclasses.MISSING:
-        return field(metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _convert(name: str, raw: str, annotation) -> object:
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _convert(name: str, raw: str, annotation, secret: bool = False) -> object:
     hint = annotation
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -57,26 +66,40 @@ def _convert(name: str, raw: str, annotation) -> object:
                 raise ValueError
             return int(number)
         if hint is float:
-            return float(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a valid {hint.__name__}") from None
+            number = float(raw)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+            return number
+    except (ValueError, OverflowError):
+        shown = name if secret else f"{name}={raw!r}"
+        raise UsageError(f"{shown} is not {_TYPE_WORDS[hint]}") from None
     return raw
 
 
-def parse(cls: type, argv: Sequence[str]):
-    """Build ``cls`` from ``key=value`` words; repeated keys of tuple fields accumulate."""
+def parse(cls: type, argv: Sequence[str], where: str = "this command"):
+    """Build ``cls`` from ``key=value`` words (``+key=value`` too); repeated keys of tuple fields
+    accumulate, any other key given twice is refused. ``where`` names the command in messages
+    (``python -m data synth``). The values of fields marked secret are never shown, nor is a
+    word without ``=`` when the command has secret fields (it might be a bare secret)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    has_secret = any(f.metadata.get("secret") for f in fields.values())
     values: dict[str, object] = {}
-    for word in argv:
+    for n, word in enumerate(argv, 1):
         key, sep, raw = word.partition("=")
         key = key.lstrip("+").replace("-", "_")
-        if not sep:
-            raise UsageError(f"expected key=value, got {word!r}")
+        if not sep or not key:
+            shown = f"argument {n}" if has_secret else repr(word)
+            raise UsageError(
+                f"expected key=value, got {shown}; {where} takes key=value words (--help lists them)"
+            )
         if key not in fields:
-            raise UsageError(f"unknown key {key!r}; this command accepts: {', '.join(fields)}")
-        value = _convert(key, raw, hints[key])
-        if isinstance(value, tuple) and isinstance(values.get(key), tuple):
+            raise UsageError(str(unknown_key(key, fields, where)))
+        tuple_field = typing.get_origin(hints[key]) is tuple
+        if key in values and not tuple_field:
+            raise UsageError(f"{key}= is given twice; give it once")
+        value = _convert(key, raw, hints[key], secret=fields[key].metadata.get("secret", False))
+        if tuple_field and isinstance(values.get(key), tuple):
             value = values[key] + value
         values[key] = value
     missing = [
@@ -99,6 +122,50 @@ def usage(cls: type) -> str:
     return "\n".join(lines)
 
 
+# -- checks shared by the commands ---------------------------------------------------------
+
+
+def at_least(key: str, value: float | None, low: float) -> None:
+    """Refuse ``key=value`` below ``low`` (``None`` passes: the default applies)."""
+    if value is not None and value < low:
+        raise UsageError(f"{key}={value} must be {low:g} or more")
+
+
+def choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UsageError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def time_range(start: str | int | None, end: str | int | None) -> tuple[int | None, int | None]:
+    """``start`` and ``end`` as ms, refused when either is not a date or ``end`` is not after ``start``."""
+    lo, hi = parse_time(start, "start"), parse_time(end, "end")
+    if lo is not None and hi is not None and lo >= hi:
+        raise UsageError(f"start {iso(lo)} must be before end {iso(hi)}")
+    return lo, hi
+
+
+def open_store(root: str | None, *, must_exist: bool) -> Store:
+    """The store of ``root=``; a root that is a file is refused, and so is a missing one where
+    the command only reads (it is never created then)."""
+    store = Store(root)
+    if root not in (None, ""):
+        source = "root="
+    elif os.environ.get("KLINEGYM_DATA"):
+        source = "$KLINEGYM_DATA"
+    else:
+        source = "the default; give root= or set KLINEGYM_DATA"
+    if store.root.exists() and not store.root.is_dir():
+        raise UsageError(
+            f"store root {store.root} ({source}) is a file, not a folder; give the store's folder"
+        )
+    if must_exist and not store.root.exists():
+        raise UsageError(
+            f"store root {store.root} ({source}) does not exist; check the path, or fill a store "
+            "with python -m data download, import or synth"
+        )
+    return store
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -110,6 +177,9 @@ class SeriesArgs:
     timeframe: str = _help("1m, 5m, 1h, ... ; volume-N / dollar-N; funding; trades", "1m")
     root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
 
+    def __post_init__(self) -> None:
+        self.key()  # exchange, market, symbol and timeframe, each with its own message
+
     def key(self) -> SeriesKey:
         return SeriesKey.of(self.exchange, self.market, self.symbol, self.timeframe)
 
@@ -118,21 +188,50 @@ class SeriesArgs:
 class DownloadArgs(SeriesArgs):
     start: str = _help("first bar, ISO date/time (UTC) or epoch ms", "2024-01-01")
     end: str | None = _help("end (exclusive); default: the last closed bar", None)
-    funding: bool = _help("with market=futures, also download the funding-rate history", True)
+    funding: bool | None = _help("also download the funding-rate history (default: true on futures)", None)
     api_url: str | None = _help("rewrite the exchange's API base URL (testnet, mirror, tests)", None)
     limit: int | None = _help("bars per request (default: the exchange's maximum)", None)
     retries: int = _help("retries of a transient error before giving up", 5)
     timeout_ms: int = _help("HTTP timeout per request", 10_000)
     progress: bool = _help("show a progress bar", True)
 
+    def __post_init__(self) -> None:
+        if self.exchange.strip().lower() == "synthetic":
+            raise UsageError(
+                "exchange=synthetic has no API; write a synthetic market with python -m data synth"
+            )
+        if self.timeframe == FUNDING:
+            raise UsageError(
+                "timeframe=funding is not a candle timeframe; funding rates come with market=futures "
+                "(funding=true, the default there)"
+            )
+        if self.timeframe == TRADES:
+            raise UsageError(
+                "timeframe=trades cannot be downloaded; import Binance trades archives with "
+                "python -m data import path=... timeframe=trades"
+            )
+        if not parse_bar_spec(self.timeframe).is_time:
+            raise UsageError(
+                f"timeframe={self.timeframe} bars are built from trades, not downloaded: import the "
+                f"trades, then python -m data bars timeframe={self.timeframe}"
+            )
+        super().__post_init__()
+        time_range(self.start, self.end)
+        if self.funding and self.market != "futures":
+            raise UsageError(
+                f"funding=true needs market=futures (funding rates exist for perpetual futures only), "
+                f"not market={self.market}"
+            )
+        at_least("limit", self.limit, 1)
+        at_least("retries", self.retries, 0)
+        at_least("timeout_ms", self.timeout_ms, 1)
+
 
 def cmd_download(a: DownloadArgs) -> int:
-    start, end = parse_time(a.start), parse_time(a.end)
-    if end is not None and start >= end:
-        raise UsageError(f"start {iso(start)} must be before end {iso(end)}")
+    start, end = time_range(a.start, a.end)
     from data.download import download_funding, download_ohlcv
 
-    store = Store(a.root)
+    store = open_store(a.root, must_exist=False)
     store.remove_stale_temp_files()
     common = dict(api_url=a.api_url, progress=a.progress, max_retries=a.retries, timeout_ms=a.timeout_ms)
     results = [
@@ -140,7 +239,7 @@ def cmd_download(a: DownloadArgs) -> int:
             store, a.exchange, a.market, a.symbol, a.timeframe, start, end, limit=a.limit, **common
         )
     ]
-    if a.market == "futures" and a.funding:
+    if a.market == "futures" and a.funding is not False:
         results.append(download_funding(store, a.exchange, a.market, a.symbol, start, end, **common))
     for r in results:
         span = f"{iso(r.first_ts)} -> {iso(r.last_ts)}" if r.last_ts is not None else "empty"
@@ -154,13 +253,17 @@ class ImportArgs(SeriesArgs):
     on_conflict: str = _help("rows already stored with other values: error, keep or replace", "error")
     progress: bool = _help("show a progress bar", True)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choice("on_conflict", self.on_conflict, ON_CONFLICT)
+        if not self.path:
+            raise UsageError("give the files to import with path=FILE (archives .zip, .csv or .parquet)")
+
 
 def cmd_import(a: ImportArgs) -> int:
     from data.importer import import_files
 
-    if not a.path:
-        raise UsageError("give the files to import with path=FILE (archives .zip, .csv or .parquet)")
-    store = Store(a.root)
+    store = open_store(a.root, must_exist=False)
     result = import_files(store, a.key(), a.path, on_conflict=a.on_conflict, progress=a.progress)
     print(
         f"{a.key()}: +{result.rows_added:,} rows in {len(result.partitions)} partition(s) under {store.root}"
@@ -174,11 +277,14 @@ class CoverageArgs:
     json: bool = _help("print JSON for scripts (also: --json)", False)
     largest: int = _help("gaps listed per series in the table", 3)
 
+    def __post_init__(self) -> None:
+        at_least("largest", self.largest, 0)
+
 
 def cmd_coverage(a: CoverageArgs) -> int:
     from data.coverage import coverage, format_table
 
-    store = Store(a.root)
+    store = open_store(a.root, must_exist=True)
     items = coverage(store)
     if a.json:
         print(json.dumps([c.to_json() for c in items], indent=2))
@@ -192,16 +298,34 @@ class ValidateArgs:
     root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
     series: str | None = _help("one series as exchange/market/SYMBOL/timeframe (default: all)", None)
 
+    def __post_init__(self) -> None:
+        self.key()
+
+    def key(self) -> SeriesKey | None:
+        if self.series is None:
+            return None
+        parts = self.series.strip("/").split("/")
+        if len(parts) != 4:
+            raise UsageError(
+                "series must be exchange/market/SYMBOL/timeframe as coverage lists them (e.g. "
+                f"binance/spot/BTCUSDT/1m), got {self.series!r}"
+            )
+        return SeriesKey.of(*parts)
+
 
 def cmd_validate(a: ValidateArgs) -> int:
-    store = Store(a.root)
-    if a.series:
-        parts = a.series.split("/")
-        if len(parts) != 4:
-            raise UsageError(f"series must be exchange/market/SYMBOL/timeframe, got {a.series!r}")
-        keys = [SeriesKey.of(*parts)]
-    else:
-        keys = list(store.series())
+    store = open_store(a.root, must_exist=True)
+    stored = [str(k) for k in store.series()]
+    wanted = a.key()
+    if wanted is not None and str(wanted) not in stored:
+        near = closest(str(wanted), stored)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ";"
+        listed = ", ".join(stored[:10]) + (f" and {len(stored) - 10} more" if len(stored) > 10 else "")
+        raise UsageError(f"no series {wanted} under {store.root}{hint} stored: {listed or 'none'}")
+    keys = [wanted] if wanted is not None else list(store.series())
+    if not keys:
+        print(f"no series under {store.root}; nothing to validate")
+        return 0
     bad = 0
     for key in keys:
         issues = store.validate(key)
@@ -219,14 +343,23 @@ class ResampleArgs(SeriesArgs):
     start: str | None = _help("first bar (ISO or ms)", None)
     end: str | None = _help("end, exclusive (ISO or ms)", None)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        timeframe_ms(self.to)
+        if self.to == self.timeframe:
+            raise UsageError(
+                f"to={self.to} is the series' own timeframe; give a longer one (a whole multiple of "
+                f"{self.timeframe}, e.g. to=1h)"
+            )
+        time_range(self.start, self.end)
+
 
 def cmd_resample(a: ResampleArgs) -> int:
     from data.resample import resample_series
 
-    store = Store(a.root)
-    result = resample_series(
-        store, a.key(), a.to, partial=a.partial, start=parse_time(a.start), end=parse_time(a.end)
-    )
+    store = open_store(a.root, must_exist=True)
+    start, end = time_range(a.start, a.end)
+    result = resample_series(store, a.key(), a.to, partial=a.partial, start=start, end=end)
     kept = "kept (partial=true)" if a.partial else "dropped"
     print(
         f"{a.key()} -> {a.to}: +{result.rows_added:,} bars; {result.incomplete:,} incomplete bucket(s) {kept}"
@@ -240,13 +373,19 @@ class BarsArgs(SeriesArgs):
     start: str | None = _help("first trade (ISO or ms)", None)
     end: str | None = _help("end, exclusive (ISO or ms)", None)
 
+    def __post_init__(self) -> None:
+        parse_bar_spec(self.timeframe)  # funding and trades are not bars
+        super().__post_init__()
+        time_range(self.start, self.end)
+
 
 def cmd_bars(a: BarsArgs) -> int:
     from data.bars import build_bar_series
 
-    store = Store(a.root)
+    store = open_store(a.root, must_exist=True)
+    start, end = time_range(a.start, a.end)
     trades = SeriesKey.of(a.exchange, a.market, a.symbol, TRADES)
-    result = build_bar_series(store, trades, a.timeframe, start=parse_time(a.start), end=parse_time(a.end))
+    result = build_bar_series(store, trades, a.timeframe, start=start, end=end)
     print(f"{trades} -> {a.timeframe}: +{result.rows_added:,} bars")
     return 0
 
@@ -265,23 +404,36 @@ class SynthArgs:
     trend_strength: float = _help("planted slow drift, in per-bar volatilities (0 = none)", 0.1)
     on_conflict: str = _help("if the series exists with other values: error, keep or replace", "error")
 
+    def __post_init__(self) -> None:
+        self.key()
+        self.config()
+        choice("on_conflict", self.on_conflict, ON_CONFLICT)
+
+    def key(self) -> SeriesKey:
+        return SeriesKey.of("synthetic", self.market, self.symbol, self.timeframe)
+
+    def config(self):
+        from data.synthetic import SyntheticConfig
+
+        parse_time(self.start, "start")
+        return SyntheticConfig(
+            seed=self.seed,
+            start=self.start,
+            bars=self.bars,
+            timeframe=self.timeframe,
+            annual_vol=self.annual_vol,
+            ar1=self.ar1,
+            trend_strength=self.trend_strength,
+        )
+
 
 def cmd_synth(a: SynthArgs) -> int:
-    from data.synthetic import SyntheticConfig, generate
+    from data.synthetic import generate
 
-    cfg = SyntheticConfig(
-        seed=a.seed,
-        start=a.start,
-        bars=a.bars,
-        timeframe=a.timeframe,
-        annual_vol=a.annual_vol,
-        ar1=a.ar1,
-        trend_strength=a.trend_strength,
-    )
+    store = open_store(a.root, must_exist=False)
     t0 = time.perf_counter()
-    bars, funding = generate(cfg)
-    store = Store(a.root)
-    key = SeriesKey.of("synthetic", a.market, a.symbol, a.timeframe)
+    bars, funding = generate(a.config())
+    key = a.key()
     written = store.write(key, bars, on_conflict=a.on_conflict)
     print(
         f"{key}: {len(bars):,} bars {iso(int(bars.ts.iloc[0]))} -> {iso(int(bars.ts.iloc[-1]))} "
@@ -315,30 +467,39 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _refuse(message: str) -> int:
+    """The one line of a refusal: a message of several lines is joined, never cut."""
+    print("error: " + " ".join(line.strip() for line in message.splitlines()), file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        return _refuse(f"give a command: {', '.join(COMMANDS)} (python -m data --help says what each does)")
+    if argv[0] in ("-h", "--help", "help"):
         print(_overview())
-        return 0 if argv else EXIT_USAGE
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}\n\n{_overview()}", file=sys.stderr)
-        return EXIT_USAGE
+        near = closest(name, COMMANDS)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ";"
+        return _refuse(f"unknown command {name!r}{hint} the commands are {', '.join(COMMANDS)}")
     cls, run, desc = COMMANDS[name]
     if any(w in ("-h", "--help") for w in rest):
         print(f"python -m data {name} key=value ...: {desc}\n\n{usage(cls)}")
         return 0
-    rest = ["json=true" if w == "--json" else w for w in rest]
+    rest = ["json=true" if w == "--json" and name == "coverage" else w for w in rest]
     # a plain `kill` stops as cleanly as Ctrl-C: buffered bars are flushed by the `finally`s
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return run(parse(cls, rest))
-    except UsageError as exc:
-        print(f"error: {exc}\n\npython -m data {name} accepts:\n{usage(cls)}", file=sys.stderr)
-        return EXIT_USAGE
+        return run(parse(cls, rest, f"python -m data {name}"))
+    except ValidationError as exc:
+        return _refuse(exc.one_line())
     except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _refuse(str(exc))
+    except OSError as exc:
+        return _refuse(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         print("\ninterrupted: what was stored is kept; re-run the same command to resume", file=sys.stderr)
         return 130

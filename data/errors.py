@@ -34,12 +34,19 @@ class ValidationError(DataError):
     timestamp; nothing is dropped or "fixed"."""
 
     def __init__(self, what: str, issues: Sequence[Issue], shown: int = 20):
+        self.what = what
         self.issues = list(issues)
         lines = [f"{what}: {len(self.issues)} problem(s)"]
         lines += [f"  {issue}" for issue in self.issues[:shown]]
         if len(self.issues) > shown:
             lines.append(f"  ... and {len(self.issues) - shown} more")
         super().__init__("\n".join(lines))
+
+    def one_line(self, shown: int = 3) -> str:
+        """The message on one line with the first ``shown`` rows (a command line's refusal)."""
+        rows = "; ".join(str(issue) for issue in self.issues[:shown])
+        more = f"; and {len(self.issues) - shown} more" if len(self.issues) > shown else ""
+        return f"{self.what}: {len(self.issues)} problem(s): {rows}{more}"
 
 
 class ConflictError(DataError):

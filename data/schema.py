@@ -143,8 +143,9 @@ def check_market(market: str) -> str:
     return market
 
 
-def parse_time(value: str | int | float | datetime | None) -> int | None:
-    """A time as int ms UTC. Accepts ISO dates and datetimes (naive means UTC) and epoch ms."""
+def parse_time(value: str | int | float | datetime | None, name: str | None = None) -> int | None:
+    """A time as int ms UTC. Accepts ISO dates and datetimes (naive means UTC) and epoch ms.
+    ``name`` is the key the value came from, for the message when it is not a time."""
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -157,9 +158,13 @@ def parse_time(value: str | int | float | datetime | None) -> int | None:
             return int(text)
         try:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+        except ValueError as exc:
+            # '2024-04-31' has the form of a date: say what is wrong with it
+            why = f" ({exc})" if re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text) else ""
+            shown = f"{name}={value!r}" if name else f"time {value!r}"
             raise ValueError(
-                f"time {value!r} is not an ISO date ('2024-01-01', '2024-01-01T12:00') or epoch milliseconds"
+                f"{shown} is not a valid date{why}; give an ISO date ('2024-01-01', "
+                "'2024-01-01T12:00') or epoch milliseconds"
             ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)

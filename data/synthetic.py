@@ -60,8 +60,14 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         timeframe_ms(self.timeframe)
+        parse_time(self.start, "start")
         if self.bars < 2:
             raise ValueError(f"bars must be at least 2, got {self.bars}")
+        for name in ("annual_vol", "price0", "tick", "volume_mean"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.trend_strength >= 0:
+            raise ValueError(f"trend_strength must be >= 0 (0 = no drift), got {self.trend_strength}")
         if not 0 <= self.garch_alpha + self.garch_beta < 1:
             raise ValueError("garch_alpha + garch_beta must be in [0, 1) for a stationary variance")
         if not -1 < self.ar1 < 1 or not 0 <= self.trend_persistence < 1:

@@ -96,14 +96,10 @@ def test_synth_then_coverage_is_the_offline_default_and_is_idempotent(store_root
     assert (item["series"], item["rows"], item["gaps"]) == ("synthetic/spot/SYNUSDT/1m", 3000, [])
 
 
-def test_cli_refuses_unknown_keys_and_bad_values_with_the_accepted_keys(store_root, capsys):
-    assert main(["synth", "bras=10", f"root={store_root}"]) == 2
-    err = capsys.readouterr().err
-    assert "unknown key 'bras'; this command accepts: symbol, market, root, seed" in err
-    assert main(["synth", "bars=ten"]) == 2
-    assert "bars='ten' is not a valid int" in capsys.readouterr().err
-    assert main(["download", "start=2024-02-01", "end=2024-01-01", f"root={store_root}"]) == 2
-    assert "must be before end" in capsys.readouterr().err
-    assert main(["frobnicate"]) == 2
+def test_coverage_and_validate_of_an_empty_store_say_so_and_how_to_fill_it(store_root, capsys):
+    # refusals (unknown keys, bad values, a missing root) are in test_bad_input_data_cli.py
+    store_root.mkdir()
     assert main(["coverage", f"root={store_root}"]) == 0
-    assert "no series under" in capsys.readouterr().out
+    assert f"no series under {store_root}" in capsys.readouterr().out
+    assert main(["validate", f"root={store_root}"]) == 0
+    assert capsys.readouterr().out == f"no series under {store_root}; nothing to validate\n"
