@@ -266,7 +266,10 @@ def cmd_import(a: ImportArgs) -> int:
     store = open_store(a.root, must_exist=False)
     result = import_files(store, a.key(), a.path, on_conflict=a.on_conflict, progress=a.progress)
     print(
-        f"{a.key()}: +{result.rows_added:,} rows in {len(result.partitions)} partition(s) under {store.root}"
+        f"{a.key()}: +{result.rows_added:,} rows in {len(result.partitions)} partition(s) "
+        f"under {store.root}; read {result.rows_read:,} rows from {result.files} file(s), "
+        f"sorted {result.out_of_order:,} out-of-order row(s), "
+        f"dropped {result.duplicates:,} exact duplicate row(s)"
     )
     return 0
 

@@ -5,11 +5,17 @@ The formats understood are described in :mod:`data.formats`.
 Policy: every file is parsed before anything is written, so one bad file among a hundred leaves the
 store untouched. A file that cannot be understood raises :class:`~data.errors.ImportFormatError`
 naming the file and what to do; rows that parse but break the rules raise
-:class:`~data.errors.ValidationError` naming each row's timestamp and file. Nothing is dropped
-or repaired, with one exception: a row that appears *identically* in two files (a monthly and
-a daily archive of the same days) is kept once. Trades have no natural key, so they are
-de-duplicated by trade id when every file has ids; overlapping trade files without ids are
-refused.
+:class:`~data.errors.ValidationError` naming each row's timestamp and file. Nothing is repaired.
+Two things are done to the rows, both harmless and common with concatenated Binance archives,
+and both counted in the result (:class:`ImportResult`) so that the command line reports them:
+
+- rows are put in time order (a file's rows that come before an earlier row are counted as out
+  of order; files may be given in any order);
+- a row that appears *identically* more than once (in one file, or in a monthly and a daily
+  archive of the same days) is kept once. Rows with the same time and other values are refused.
+
+Trades have no natural key, so they are de-duplicated by trade id when every file has ids;
+overlapping trade files without ids are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from glob import glob
 from itertools import pairwise
 from pathlib import Path
@@ -33,6 +40,18 @@ from data.store import SeriesKey, Store, WriteResult, check
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class ImportResult(WriteResult):
+    """What :func:`import_files` wrote, and what it did to the rows on the way: ``rows_read``
+    from ``files`` file(s), ``out_of_order`` of them put back in time order, ``duplicates``
+    identical repeats dropped."""
+
+    files: int
+    rows_read: int
+    out_of_order: int
+    duplicates: int
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -93,11 +112,32 @@ def _with_files(issues: list[Issue], ts: np.ndarray, src: np.ndarray, files: lis
     return out
 
 
-def _combine_rows(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> pd.DataFrame:
-    """Bars or funding of every file, sorted, identical repeats dropped, disagreements refused."""
-    frame = pd.concat([p.frame.assign(_src=i) for i, p in enumerate(parsed)], ignore_index=True).sort_values(
-        "ts", kind="stable", ignore_index=True
-    )
+def _out_of_order(parsed: list[Parsed], kept: np.ndarray) -> int:
+    """Rows earlier than a row before them in their own file, among the rows kept (``kept``: their
+    places in the files' concatenation; a repeat dropped is not also counted as out of order)."""
+    keep = np.zeros(sum(len(p.frame) for p in parsed), dtype=bool)
+    keep[kept] = True
+    late, start = 0, 0
+    for p in parsed:
+        ts = p.frame["ts"].to_numpy()
+        t = ts[keep[start : start + len(ts)]]
+        start += len(ts)
+        if len(t) > 1:
+            late += int((t[1:] < np.maximum.accumulate(t)[:-1]).sum())
+    return late
+
+
+def _concat(parsed: list[Parsed], **extra) -> pd.DataFrame:
+    frames = [p.frame.assign(_src=i, **{k: v[i] for k, v in extra.items()}) for i, p in enumerate(parsed)]
+    frame = pd.concat(frames, ignore_index=True)
+    frame["_pos"] = np.arange(len(frame))
+    return frame
+
+
+def _combine_rows(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> tuple[pd.DataFrame, int, int]:
+    """Bars or funding of every file, sorted, identical repeats dropped, disagreements refused;
+    with the counts of rows out of order and of repeats dropped."""
+    frame = _concat(parsed).sort_values("ts", kind="stable", ignore_index=True)
     columns = list(key.columns)
     repeat = frame.duplicated(subset=columns, keep="first").to_numpy()
     if repeat.any():
@@ -124,24 +164,26 @@ def _combine_rows(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> pd
             "better source alone, then the other with on_conflict=keep",
             issues,
         )
-    frame = frame.drop(columns="_src")
+    late = _out_of_order(parsed, frame["_pos"].to_numpy())
+    frame = frame.drop(columns=["_src", "_pos"])
     issues = check(frame, key)
     if issues:
         raise ValidationError(f"refusing to import into {key}", _with_files(issues, ts, src, files))
-    return frame
+    return frame, late, int(repeat.sum())
 
 
-def _combine_trades(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> pd.DataFrame:
+def _combine_trades(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> tuple[pd.DataFrame, int, int]:
     """Trades of every file in time order. With trade ids, a trade repeated identically in two
-    files is kept once and a disagreement is refused; without ids files must not overlap."""
-    frames = [p.frame.assign(_src=i) for i, p in enumerate(parsed)]
+    files is kept once and a disagreement is refused; without ids files must not overlap.
+    With the counts of trades out of order and of repeats dropped."""
+    repeats = 0
     if all(p.ids is not None for p in parsed):
-        frame = pd.concat(
-            [f.assign(_id=p.ids) for f, p in zip(frames, parsed, strict=True)], ignore_index=True
-        )
+        frame = _concat(parsed, _id=[p.ids for p in parsed])
+        read = len(frame)
         frame = frame.drop_duplicates(subset=["_id", *key.columns]).sort_values(
             ["ts", "_id"], kind="stable", ignore_index=True
         )
+        repeats = read - len(frame)
         ids = frame["_id"].to_numpy()
         order = np.argsort(ids, kind="stable")
         same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
@@ -160,21 +202,22 @@ def _combine_trades(parsed: list[Parsed], files: list[Path], key: SeriesKey) -> 
             )
         frame = frame.drop(columns="_id")
     else:
-        spans = sorted((int(f["ts"].min()), int(f["ts"].max()), i) for i, f in enumerate(frames))
-        for (_, end_a, a), (start_b, _, b) in pairwise(spans):
+        frame = _concat(parsed)
+        spans = [(int(part["ts"].min()), int(part["ts"].max()), int(i)) for i, part in frame.groupby("_src")]
+        for (_, end_a, a), (start_b, _, b) in pairwise(sorted(spans)):
             if start_b <= end_a:
                 raise ImportFormatError(
                     f"{files[a]} (to {iso(end_a)}) and {files[b]} (from {iso(start_b)}) overlap in "
                     "time and have no trade ids to tell repeated trades apart; import one of them"
                 )
-        frame = pd.concat([frames[i] for _, _, i in spans], ignore_index=True)
         frame = frame.sort_values("ts", kind="stable", ignore_index=True)
+    late = _out_of_order(parsed, frame["_pos"].to_numpy())
     ts, src = frame["ts"].to_numpy(), frame["_src"].to_numpy()
-    frame = frame.drop(columns="_src")
+    frame = frame.drop(columns=["_src", "_pos"])
     issues = check(frame, key)
     if issues:
         raise ValidationError(f"refusing to import into {key}", _with_files(issues, ts, src, files))
-    return frame
+    return frame, late, repeats
 
 
 def import_files(
@@ -184,14 +227,15 @@ def import_files(
     *,
     on_conflict: str = "error",
     progress: bool = True,
-) -> WriteResult:
+) -> ImportResult:
     """Import files, directories or globs into the series ``key`` (its kind picks the format).
 
     Every file is parsed and the rows are checked together before :meth:`Store.write` is called
     once, so an error in any file writes nothing. ``on_conflict`` decides what happens where the
     store already holds rows at the same ``ts`` (``error``, ``keep``, ``replace``); files that
-    disagree with each other are always refused. A progress bar runs over the files when there
-    are several and ``progress`` is true.
+    disagree with each other are always refused. Rows are sorted and identical repeats dropped;
+    the result counts both (see the module docstring). A progress bar runs over the files when
+    there are several and ``progress`` is true.
 
     Raises :class:`ImportFormatError` for files that cannot be read or do not fit the series,
     :class:`ValidationError` for rows that break the store's rules (with their timestamps),
@@ -203,5 +247,7 @@ def import_files(
         for path in tqdm(files, desc=f"import {key}", unit="file", disable=not progress or len(files) < 2)
     ]
     combine = _combine_trades if key.kind == TRADES else _combine_rows
-    frame = combine(parsed, files, key)
-    return store.write(key, frame, on_conflict=on_conflict)
+    frame, late, repeats = combine(parsed, files, key)
+    written = store.write(key, frame, on_conflict=on_conflict)
+    read = sum(len(p.frame) for p in parsed)
+    return ImportResult(written.rows_added, written.partitions, len(files), read, late, repeats)

@@ -343,6 +343,59 @@ def test_import_that_disagrees_with_stored_bars_needs_replace(spot_rows, store, 
     assert len(stored) == 4320
 
 
+def hand_bars(n: int, t0: int = MAR_1) -> pd.DataFrame:
+    close = 100.0 + np.arange(n, dtype=float)
+    return pd.DataFrame(
+        {
+            "ts": t0 + 60_000 * np.arange(n, dtype=np.int64),
+            "open": close - 0.5,
+            "high": close + 1.0,
+            "low": close - 1.0,
+            "close": close,
+            "volume": np.full(n, 2.0),
+        }
+    )
+
+
+def test_unsorted_rows_when_imported_then_sorted_and_counted_in_the_result(store, tmp_path):
+    rows = hand_bars(10)
+    shuffled = rows.iloc[[0, 1, 5, 2, 3, 4, 9, 6, 7, 8]]  # 5 and 9 come early: 2, 3, 4, 6, 7, 8 are late
+    path = tmp_path / "bars.csv"
+    shuffled.to_csv(path, index=False)
+
+    result = import_files(store, SPOT_1M, [path], progress=False)
+
+    assert (result.rows_added, result.rows_read, result.files) == (10, 10, 1)
+    assert (result.out_of_order, result.duplicates) == (6, 0)
+    pd.testing.assert_frame_equal(store.read(SPOT_1M)[list(rows.columns)], rows)
+
+
+def test_exact_duplicate_rows_when_imported_then_kept_once_and_counted(store, tmp_path):
+    rows = hand_bars(10)
+    first = tmp_path / "a.csv"
+    second = tmp_path / "b.csv"
+    pd.concat([rows.iloc[:6], rows.iloc[[2]]]).to_csv(first, index=False)  # one repeat inside a file
+    rows.iloc[4:].to_csv(second, index=False)  # two more across the files
+
+    result = import_files(store, SPOT_1M, [first, second], progress=False)
+
+    assert (result.rows_added, result.rows_read, result.files) == (10, 13, 2)
+    # the repeat of row 2 at the end of a.csv is a duplicate, not also a row out of order
+    assert (result.out_of_order, result.duplicates) == (0, 3)
+    pd.testing.assert_frame_equal(store.read(SPOT_1M)[list(rows.columns)], rows)
+
+
+def test_files_given_in_reverse_time_order_are_not_out_of_order_rows(store, tmp_path):
+    rows = hand_bars(10)
+    late, early = tmp_path / "late.csv", tmp_path / "early.csv"
+    rows.iloc[5:].to_csv(late, index=False)
+    rows.iloc[:5].to_csv(early, index=False)
+
+    result = import_files(store, SPOT_1M, [late, early], progress=False)
+
+    assert (result.rows_added, result.out_of_order, result.duplicates) == (10, 0, 0)
+
+
 # -- plain files --------------------------------------------------------------------------------
 
 
