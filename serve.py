@@ -18,24 +18,29 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agents.commandline import preflight
+from data.config import ConfigError
 from serving.app import ServeError, build, command
 from serving.broker import BrokerError
+from serving.config import ServeConfig
 
 log = logging.getLogger("serve")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    values = OmegaConf.to_container(cfg, resolve=True)
     try:
-        if values.get("command"):
-            print(json.dumps(command(values), indent=2, default=str))
+        config = ServeConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        if config.command:
+            print(json.dumps(command(config), indent=2, default=str))
             return
-        server = build(values)
-    except ServeError as exc:
+        server = build(config)
+    except (ConfigError, ServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -55,4 +60,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(Path(__file__).resolve().parent / "conf", "serve", ServeConfig)
     main()

@@ -228,3 +228,19 @@ def load_policy(path: str | Path, env: Any = None) -> Policy:
     if env is not None:
         policy.check_env(env)
     return policy
+
+
+def bundle_identity(path: str | Path) -> str:
+    """``sha256:`` and the first 16 hex digits of a hash over what decides: ``spec.json`` and the
+    weights (names and bytes, in name order; other files in the folder do not count). The same
+    bundle copied anywhere has the same identity, a retrained or edited one another. A serving
+    state store is tied to it."""
+    folder = bundle_dir(path)
+    weights = folder / _weights_name(read_spec(folder))
+    files = [folder / "spec.json", *(sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir()
+                                     else [weights])]  # fmt: skip
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest() if file.exists() else b"(missing)")
+    return "sha256:" + digest.hexdigest()[:16]

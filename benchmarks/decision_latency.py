@@ -39,8 +39,9 @@ from envs.config import EnvConfig
 from envs.vector import BatchedMarketReplayEnv
 from serving.account import Desk
 from serving.app import CATCH_UP_BARS
+from serving.config import LoopConfig
 from serving.feed import BarFeed
-from serving.loop import LoopConfig, Server
+from serving.loop import Server
 from serving.risk import RiskGate, RiskLimits
 from serving.state import RunMeta, StateStore
 
@@ -153,7 +154,7 @@ def main() -> None:
     policy = Policy(model, {"algo": "ppo", "action_space": {"type": "Discrete"}}, Path("."))
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(str(Path(tmp) / "state.db"), idle_checkpoints=True)
-        store.open_run(RunMeta("bench", "-", "synthetic", "spot", "SYN/USDT", "1m", "paper"))
+        store.open_run(RunMeta("bench", "-", "synthetic", "spot", "SYN/USDT", "1m", "paper", "bench"))
         limits = RiskLimits(
             max_position_notional=1e6, max_leverage=1.0, max_order_notional=1e6, max_orders_per_minute=10,
             max_daily_loss=0.5, max_drawdown=0.5, price_band=0.2,

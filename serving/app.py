@@ -3,6 +3,7 @@ with every check that must pass before anything runs (one sentence each, naming 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines import BASELINES, make_baseline
-from agents.bundle import BundleError, load_policy, read_spec
+from agents.bundle import BundleError, bundle_identity, config_hash, load_policy, read_spec
 from data.errors import DownloadError
 from data.exchange import check_symbol, check_timeframe, load_markets, make_exchange
 from data.schema import file_symbol
@@ -19,13 +20,13 @@ from envs.config import EnvConfig
 from envs.features import FEATURES
 from serving.account import Desk
 from serving.broker import CLOCK_HINT, BrokerError, LiveBroker
+from serving.config import COMMANDS, ServeConfig
 from serving.feed import BarFeed
-from serving.loop import LoopConfig, Server
-from serving.risk import RiskGate, RiskLimits
+from serving.loop import Server
+from serving.risk import RiskGate
 from serving.state import RunMeta, StateError, StateStore
 
 log = logging.getLogger("serve")
-COMMANDS = ("status", "halt", "resume", "flatten")
 CATCH_UP_BARS = 1_440
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,57 +35,62 @@ class ServeError(ValueError):
     """A bot that cannot start as asked. Policy: nothing runs; the message names the fix."""
 
 
-def _bundle(values: dict[str, Any]) -> Path:
-    if values.get("policy"):
-        return Path(values["policy"])
-    if values.get("run"):
-        return Path(values["run"]) / "policy"
+def _bundle(cfg: ServeConfig) -> Path:
+    if cfg.policy:
+        return Path(cfg.policy)
+    if cfg.run:
+        return Path(cfg.run) / "policy"
     raise ServeError("give run=runs/<experiment>/<time> (its policy/ is served) or policy=PATH to a bundle")
 
 
-def state_path(values: dict[str, Any]) -> str:
-    if values.get("state"):
-        return values["state"]
-    if values.get("run"):
-        return str(Path(values["run"]) / "serve" / "state.db")
+def state_path(cfg: ServeConfig) -> str:
+    if cfg.state:
+        return cfg.state
+    if cfg.run:
+        return str(Path(cfg.run) / "serve" / "state.db")
     raise ServeError("give state=PATH (or run=, whose serve/state.db is the default)")
 
 
-def command(values: dict[str, Any]) -> dict[str, Any]:
+def command(cfg: ServeConfig) -> dict[str, Any]:
     """``status`` reads a bot's state store; ``halt``, ``resume``, ``flatten`` queue a command that
-    the running bot takes at its next poll (a stopped one at its start)."""
-    name = values["command"]
+    the running bot takes at its next poll (a stopped one at its start). Only a store of ours is
+    read or written; nothing is created."""
+    name = cfg.command
     if name not in COMMANDS:
         raise ServeError(f"command={name} is not one of {', '.join(COMMANDS)}")
-    path = state_path(values)
-    if "://" not in path and not Path(path).exists():
-        raise ServeError(f"no state store at {path}: the bot has not run yet (or give state=)")
     try:
-        store = StateStore(path)
-        if name == "status":
-            return store.status()
-        return {"queued": name, "id": store.push_command(name, int(time.time() * 1000))}
+        store = StateStore(state_path(cfg), create=False)
+        try:
+            if name == "status":
+                return store.status()
+            return {"queued": name, "id": store.push_command(name, int(time.time() * 1000))}
+        finally:
+            store.close()
     except StateError as exc:
         raise ServeError(str(exc)) from exc
 
 
-def api_keys(values: dict[str, Any], exchange: str) -> tuple[str, str]:
+def api_keys(cfg: ServeConfig, exchange: str) -> tuple[str, str]:
     """The API key and secret for live trading, from ``<EXCHANGE>_API_KEY`` / ``<EXCHANGE>_API_SECRET``
     or from ``key_file=`` (two lines ``KEY=...``, ``SECRET=...``) outside the checkout. They go to the
-    ccxt client only: never logged, never in the state store."""
+    ccxt client only: never logged, never in the state store, never in an error."""
     prefix = exchange.upper()
     key, secret = os.environ.get(f"{prefix}_API_KEY"), os.environ.get(f"{prefix}_API_SECRET")
-    if values.get("key_file"):
-        path = Path(values["key_file"]).expanduser().resolve()
+    if cfg.key_file:
+        path = Path(cfg.key_file).expanduser().resolve()
         if path.is_relative_to(Path.cwd().resolve()) or path.is_relative_to(REPO):
             raise ServeError(
                 f"key_file={path} is inside the project: keep keys outside it (e.g. ~/.config/klinegym)"
             )
         try:
             pairs = dict(line.split("=", 1) for line in path.read_text().split() if "=" in line)
-        except OSError as exc:
-            raise ServeError(f"key_file={path}: {exc.strerror}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServeError(f"key_file={path} cannot be read ({type(exc).__name__}); give a text file with "
+                             "lines KEY=... and SECRET=...") from None  # fmt: skip
         key, secret = pairs.get("KEY"), pairs.get("SECRET")
+        if not key or not secret:
+            raise ServeError(f"key_file={path} needs two lines, KEY=... and SECRET=... (its content is "
+                             "not shown)")  # fmt: skip
     if not key or not secret:
         raise ServeError(
             f"mode=live needs API keys: set {prefix}_API_KEY and {prefix}_API_SECRET in the environment, or "
@@ -93,28 +99,27 @@ def api_keys(values: dict[str, Any], exchange: str) -> tuple[str, str]:
     return key.strip(), secret.strip()
 
 
-def _policy(values: dict[str, Any]) -> Any:
+def _policy(cfg: ServeConfig) -> Any:
     """A bundle, or a baseline by name (``policy=sma_crossover``) on the env of ``run=``'s bundle or
     the default env of ``market=`` / ``symbol=`` / ``timeframe=``."""
-    name = values.get("policy")
+    name = cfg.policy
     if name not in BASELINES:
         try:
-            return load_policy(_bundle(values))
+            return load_policy(_bundle(cfg))
         except BundleError as exc:
             raise ServeError(str(exc)) from exc
-    if values.get("run"):
+    if cfg.run:
         try:
-            spec = read_spec(values["run"])
+            spec = read_spec(cfg.run)
         except BundleError as exc:
             raise ServeError(str(exc)) from exc
     else:
-        missing = [k for k in ("exchange", "market", "symbol", "timeframe") if not values.get(k)]
+        missing = [k for k in ("exchange", "market", "symbol", "timeframe") if not getattr(cfg, k)]
         if missing:
             raise ServeError(f"policy={name} without run= needs {', '.join(k + '=' for k in missing)}")
-        futures = values["market"] == "futures"
-        env = {"market": "perp" if futures else "spot"}
-        spec = {"env": env, "features": [], "data_market": values["market"],
-                **{k: values[k] for k in ("exchange", "symbol", "timeframe")}}  # fmt: skip
+        env = {"market": "perp" if cfg.market == "futures" else "spot"}
+        spec = {"env": env, "features": [], "data_market": cfg.market, "exchange": cfg.exchange,
+                "symbol": cfg.symbol, "timeframe": cfg.timeframe}  # fmt: skip
     return BaselinePolicy(name, spec)
 
 
@@ -125,9 +130,15 @@ class BaselinePolicy:
     def __init__(self, name: str, spec: dict[str, Any]):
         cfg = EnvConfig.from_kwargs(spec["env"])
         values = cfg.action_values if cfg.action_type == "discrete" else None
+        self.name = name
         self.baseline = make_baseline(name, values, cfg.shorting)
         self.spec, self.desk = {**spec, "features": list(spec.get("features") or [])}, None
         self._warm = False
+
+    @property
+    def identity(self) -> str:
+        """The baseline's name and a hash of the env it decides on (costs, account, features)."""
+        return f"{self.name}:{config_hash({'env': self.spec['env'], 'features': self.spec['features']})}"
 
     def act(self, obs: Any, info: dict | None = None) -> Any:
         if not self._warm and self.desk is not None and info is not None:
@@ -138,42 +149,45 @@ class BaselinePolicy:
         return self.baseline.act(obs, info)
 
 
-def build(values: dict[str, Any]) -> Server:
-    """The bot, after every check: mode, keys, bundle, exchange market, features, state store."""
+def _kill_file(cfg: ServeConfig) -> None:
+    if cfg.serve.kill_file and not Path(cfg.serve.kill_file).expanduser().resolve().parent.is_dir():
+        raise ServeError(
+            f"serve.kill_file={cfg.serve.kill_file}: its folder does not exist, so the kill file could never "
+            "be made there; create the folder or give another path"
+        )
+
+
+def build(cfg: ServeConfig) -> Server:
+    """The bot, after every check: mode, keys, bundle, exchange market, features, state store.
+    A start refused after its state store was made removes that store again."""
     from agents.training import history_bars
 
-    live = values["mode"] == "live"
-    if values["mode"] not in ("paper", "live"):
-        raise ServeError(f"mode={values['mode']}: choose mode=paper or mode=live")
-    if live and values.get("confirm_live") is not True:
+    live = cfg.mode == "live"
+    if live and not cfg.confirm_live:
         raise ServeError(
             "mode=live sends real orders with real money: add confirm_live=true to the command to mean it "
             "(try it first against the replay exchange: python -m serving.replay_exchange ...)"
         )
-    s = values.get("serve") or {}
-    if s.get("flatten_on_exit") and not live:
-        raise ServeError(
-            "serve.flatten_on_exit needs mode=live: a paper account fills only at the next bar's open; "
-            "use command=flatten and let the bot take one more bar before stopping it"
-        )
-    exchange = values.get("exchange")
-    keys = api_keys(values, exchange or "binance") if live else None
-    policy = _policy(values)
+    _kill_file(cfg)
+    s = cfg.serve
+    exchange = cfg.exchange
+    keys = api_keys(cfg, exchange or "binance") if live else None
+    policy = _policy(cfg)
     spec = policy.spec
     env_kwargs = spec["env"]
-    cfg = EnvConfig.from_kwargs(env_kwargs)
+    env_cfg = EnvConfig.from_kwargs(env_kwargs)
     exchange = exchange or spec["exchange"]
     if exchange == "synthetic":
         raise ServeError(
             "the bundle was trained on the synthetic market, which no exchange quotes; give exchange= and "
             "symbol= of a real market (api_url= for a testnet or a loopback stand-in)"
         )
-    market = values.get("market") or spec.get("data_market", "spot")
-    if cfg.market == "perp" and market != "futures":
+    market = cfg.market or spec.get("data_market", "spot")
+    if env_cfg.market == "perp" and market != "futures":
         raise ServeError(
             f"the bundle trades a perpetual account; market={market} has none: use market=futures"
         )
-    if cfg.market == "spot" and market == "futures":
+    if env_cfg.market == "spot" and market == "futures":
         raise ServeError(
             "the bundle was trained for a spot account; serving it on futures would change its costs and "
             "leverage: use market=spot"
@@ -184,17 +198,12 @@ def build(values: dict[str, Any]) -> Server:
             f"feature(s) {', '.join(needs_taker)} need taker_buy_base, which ccxt klines do not carry; "
             "train the bundle without them"
         )
-    symbol = values.get("symbol") or spec["symbol"]
+    symbol = cfg.symbol or spec["symbol"]
     timeframe = spec["timeframe"]
-    if values.get("timeframe") and values["timeframe"] != timeframe:
-        raise ServeError(f"timeframe={values['timeframe']}: the policy decides on {timeframe} bars")
+    if cfg.timeframe and cfg.timeframe != timeframe:
+        raise ServeError(f"timeframe={cfg.timeframe}: the policy decides on {timeframe} bars")
     try:
-        ex = make_exchange(
-            exchange,
-            market,
-            api_url=values.get("api_url"),
-            timeout_ms=int(s.get("request_timeout_ms") or 10_000),
-        )
+        ex = make_exchange(exchange, market, api_url=cfg.api_url, timeout_ms=s.request_timeout_ms)
         if keys is not None:
             ex.apiKey, ex.secret = keys
         load_markets(ex, max_retries=3)
@@ -212,61 +221,58 @@ def build(values: dict[str, Any]) -> Server:
         "lot_size": max(float(env_kwargs.get("lot_size") or 0.0), step if step < 1 else 0.0),
         "min_notional": max(float(env_kwargs.get("min_notional") or 0.0), exchange_min),
     }
-    risk = dict(values.get("risk") or {})
+    limits = cfg.risk
     if live:  # the gate is the one place a live order is rounded and checked against the exchange's limits
-        risk["lot_size"] = max(float(risk.get("lot_size") or 0.0), env_kwargs["lot_size"])
-        risk["min_notional"] = max(float(risk.get("min_notional") or 0.0), env_kwargs["min_notional"])
-    try:
-        gate = RiskGate(RiskLimits(**risk))
-    except (TypeError, ValueError) as exc:
-        raise ServeError(f"{exc}") from exc
+        limits = dataclasses.replace(
+            limits, lot_size=max(limits.lot_size, env_kwargs["lot_size"]),
+            min_notional=max(limits.min_notional, env_kwargs["min_notional"]),
+        )  # fmt: skip
+    gate = RiskGate(limits)
     notifier = None
-    if s.get("notify") == "telegram":
+    if s.notify == "telegram":
         from serving.notify import NotifyError, TelegramNotifier
 
         try:
-            notifier = TelegramNotifier.from_env(s.get("telegram_api_url"))
+            notifier = TelegramNotifier.from_env(s.telegram_api_url)
         except NotifyError as exc:
             raise ServeError(str(exc)) from exc
-    elif s.get("notify"):
-        raise ServeError(f"serve.notify={s['notify']}: choose telegram or null")
-    desk = Desk(env_kwargs, history_bars(cfg))
+    desk = Desk(env_kwargs, history_bars(env_cfg))
     if isinstance(policy, BaselinePolicy):
         policy.desk = desk
     # the feed keeps a day or more of bars beyond the history, so a restart can catch up on them
-    feed = BarFeed(ex, symbol, timeframe, need=desk.need + CATCH_UP_BARS, with_funding=cfg.market == "perp")
-    if isinstance(policy, BaselinePolicy):
-        bundle, name = Path(values["policy"]), values["policy"]  # a baseline: its name stands for a bundle
+    perp = env_cfg.market == "perp"
+    feed = BarFeed(ex, symbol, timeframe, need=desk.need + CATCH_UP_BARS, with_funding=perp)
+    if isinstance(policy, BaselinePolicy):  # a baseline: its name stands for a bundle
+        bundle, name, identity = cfg.policy, cfg.policy, policy.identity
     else:
-        bundle = _bundle(values).resolve()
-        name = bundle.parent.name if bundle.name == "policy" else bundle.name
-    run_id = f"{name}_{file_symbol(symbol)}_{timeframe}"
+        path = _bundle(cfg).resolve()
+        bundle, identity = str(path), bundle_identity(path)
+        name = path.parent.name if path.name == "policy" else path.name
+    # the identity in the run id keeps two bots from one folder name apart in their client order ids
+    run_id = f"{name}_{file_symbol(symbol)}_{timeframe}_{identity.rsplit(':', 1)[-1][:8]}"
     try:
-        store = StateStore(state_path(values), idle_checkpoints=True)  # Server.run checkpoints between bars
-        store.open_run(RunMeta(run_id, str(bundle), exchange, market, symbol, timeframe, values["mode"]))
+        store = StateStore(state_path(cfg), idle_checkpoints=True)  # Server.run checkpoints between bars
+        store.open_run(RunMeta(run_id, bundle, exchange, market, symbol, timeframe, cfg.mode, identity))
     except StateError as exc:
         raise ServeError(str(exc)) from exc
-    config = LoopConfig(
-        poll_seconds=float(s.get("poll_seconds", 5.0)), max_bars=s.get("max_bars"),
-        max_polls=s.get("max_polls"), kill_file=s.get("kill_file"), metrics_port=s.get("metrics_port"),
-        metrics_host=s.get("metrics_host") or "127.0.0.1", flatten_on_exit=bool(s.get("flatten_on_exit")),
-        max_rejections=int(s.get("max_rejections") or 3), adopt_exchange=bool(s.get("adopt_exchange")),
-    )  # fmt: skip
-    broker = None
-    if live:
-        try:
-            window = int(s.get("recv_window_ms") or 10_000)
-            broker = LiveBroker(
-                ex, symbol, market, run_id, recv_window_ms=window, limit_band=s.get("limit_band")
-            )
-        except ValueError as exc:
-            raise ServeError(str(exc)) from exc
-    server = Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=config,
-                    notifier=notifier, broker=broker)  # fmt: skip
-    if broker is not None:
-        _start_live(server, broker, cfg)
-    log.info("serving %s %s on %s %s %s %s (state %s)", values["mode"], bundle, exchange, market, symbol,
-             timeframe, state_path(values))  # fmt: skip
+    try:
+        broker = None
+        if live:
+            try:
+                broker = LiveBroker(ex, symbol, market, run_id, recv_window_ms=s.recv_window_ms,
+                                    limit_band=s.limit_band)  # fmt: skip
+            except ValueError as exc:
+                raise ServeError(str(exc)) from exc
+        server = Server(run_id=run_id, policy=policy, desk=desk, feed=feed, gate=gate, store=store, config=s,
+                        notifier=notifier, broker=broker)  # fmt: skip
+        if broker is not None:
+            _start_live(server, broker, env_cfg)
+    except ServeError:
+        if store.created:
+            store.discard()
+        raise
+    log.info("serving %s %s on %s %s %s %s (state %s)", cfg.mode, bundle, exchange, market, symbol,
+             timeframe, store.where)  # fmt: skip
     return server
 
 

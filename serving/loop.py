@@ -31,7 +31,6 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import numpy as np
 from data.schema import iso
 from serving.account import Account, Desk
 from serving.broker import BrokerError, LiveBroker, OrderResult
+from serving.config import LoopConfig
 from serving.feed import BarFeed
 from serving.metrics import Metrics
 from serving.risk import RiskContext, RiskGate, TradingState
@@ -51,19 +51,6 @@ DAY_MS = 86_400_000
 # automatic checkpoint, inside a commit, runs at about 4 MB); a checkpoint after every bar slowed
 # the next bar's commit threefold
 WAL_CHECKPOINT_BYTES = 16 << 20
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    poll_seconds: float = 5.0
-    max_bars: int | None = None  # stop after this many decisions (scripts, tests)
-    max_polls: int | None = None  # stop after this many polls (tests)
-    kill_file: str | None = None  # when this file exists: flatten and halt
-    metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free port)
-    metrics_host: str = "127.0.0.1"
-    flatten_on_exit: bool = False  # live: close the position when a signal stops the bot
-    max_rejections: int = 3  # live: this many refused orders in a row halt the bot
-    adopt_exchange: bool = False  # live: take the exchange's position where the store disagrees
 
 
 class Server:

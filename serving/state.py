@@ -7,12 +7,21 @@ write is one transaction, so a kill between two statements never leaves half a r
 write transaction starts with ``BEGIN IMMEDIATE``, so a read-then-write (an order's transition, taking
 commands) cannot interleave with another process's write. All timestamps are epoch ms ints.
 
-A store holds exactly one run (:meth:`StateStore.open_run` refuses another), so the ``run`` table is
-the scope of every other table and they carry no ``run_id`` of their own; client order ids carry it.
+A store holds exactly one run of exactly one bundle (:meth:`StateStore.open_run` refuses another run,
+and another bundle by its content hash), so the ``run`` table is the scope of every other table and
+they carry no ``run_id`` of their own; client order ids carry it.
+
+A database is used only when it is a store of ours at this :data:`SCHEMA_VERSION` (its
+``klinegym_store`` row says so) or holds no table at all, which a start makes into one in a single
+transaction. Anything else is refused before a byte is written: another program's SQLite file or
+database, a file that is not SQLite, a store of another schema version (older stores, without the
+bundle's identity, included: finish them with the version that wrote them).
 
 Tables (one row per):
 
-- ``run``: the run this store belongs to: ``run_id bundle exchange market symbol timeframe mode``.
+- ``klinegym_store``: the store itself (one row): ``schema_version created_ms``.
+- ``run``: the run this store belongs to: ``run_id bundle exchange market symbol timeframe mode
+  bundle_id`` (``bundle_id``: the served bundle's content hash, :func:`agents.bundle.bundle_identity`).
 - ``kv``: a trading-state key (``trading_state halted_until_ms day day_start_equity peak_equity
   last_bar_ts`` ...) with its JSON value.
 - ``decisions``: a decided bar (``bar_ts`` key): ``obs_hash raw_action target clamped_target events``.
@@ -38,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -58,6 +68,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -83,6 +94,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "REJECTED": (),
 }
 COMMANDS = ("halt", "resume", "flatten")
+# 1: the stores of klinegym 0.1 before a store was tied to its bundle (no klinegym_store table)
+SCHEMA_VERSION = 2
 MODES = ("paper", "live")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 _DIALECTS = ("sqlite", "postgresql")
@@ -90,6 +103,11 @@ _DIALECTS = ("sqlite", "postgresql")
 _meta = MetaData()
 # epoch ms overflow a 32-bit PostgreSQL integer; SQLite wants INTEGER for an autoincrement key
 _Id = BigInteger().with_variant(Integer(), "sqlite")
+store_table = Table(
+    "klinegym_store", _meta,
+    Column("schema_version", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)  # fmt: skip
 run_table = Table(
     "run", _meta,
     Column("run_id", String, primary_key=True),
@@ -99,6 +117,7 @@ run_table = Table(
     Column("symbol", String, nullable=False),
     Column("timeframe", String, nullable=False),
     Column("mode", String, nullable=False),
+    Column("bundle_id", String, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("opened_ms", BigInteger, nullable=False),
 )  # fmt: skip
@@ -191,7 +210,9 @@ def store_url(state: str) -> str:
 
 @dataclass(frozen=True)
 class RunMeta:
-    """The run a state store belongs to. ``mode`` is ``paper`` or ``live``."""
+    """The run a state store belongs to. ``mode`` is ``paper`` or ``live``; ``bundle_id`` identifies
+    what decides by content (a bundle's hash, or a baseline's name and env), ``bundle`` is where it
+    was loaded from."""
 
     run_id: str
     bundle: str
@@ -200,6 +221,7 @@ class RunMeta:
     symbol: str
     timeframe: str
     mode: str
+    bundle_id: str
 
 
 def _dumps(key: str, value: Any) -> str:
@@ -250,10 +272,13 @@ class StateStore:
     ``state`` is a path (its folder is created) or a SQLAlchemy URL; missing tables are created.
     """
 
-    def __init__(self, state: str, *, idle_checkpoints: bool = False):
+    def __init__(self, state: str, *, idle_checkpoints: bool = False, create: bool = True):
         """``idle_checkpoints``: SQLite copies its WAL into the database file only when
         :meth:`checkpoint` is called (the serving loop does, between bars), never inside a commit,
-        where an automatic checkpoint's writes and fsyncs cost a bar's transaction up to 8 ms."""
+        where an automatic checkpoint's writes and fsyncs cost a bar's transaction up to 8 ms.
+        ``create``: make a store of a database that holds no table, or of a new file (and its folder);
+        without it, such a database is refused (``command=status`` of a bot that never ran). What is
+        not a store of ours is refused either way, before anything is written (module docstring)."""
         self.state = str(state)
         try:
             url = make_url(store_url(self.state))
@@ -270,11 +295,21 @@ class StateStore:
             )
         self._sqlite = backend == "sqlite"
         self.where = url.database if self._sqlite else url.render_as_string(hide_password=True)
-        if self._sqlite and url.database and url.database != ":memory:" and not url.query.get("uri"):
+        self.created = False  # this object made the store (see discard)
+        self._made_folder: Path | None = None
+        file = Path(url.database) if self._sqlite and url.database not in (None, "", ":memory:") else None
+        if file is not None and url.query.get("uri"):
+            file = None
+        survey = _sqlite_survey(file, self.where) if file is not None else None
+        if file is not None and survey is None:  # no such file
+            if not create:
+                raise StateError(f"no state store at {self.where}: the bot has not run yet (or give state=)")
+            folder = next((p for p in reversed(file.parents) if not p.exists()), None)
             try:
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+                file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StateError(f"cannot create the folder of state store {self.where}: {exc}") from exc
+            self._made_folder = folder
         try:
             self._engine: Engine = create_engine(url)
         except (NoSuchModuleError, ImportError) as exc:
@@ -282,6 +317,9 @@ class StateStore:
                 f"cannot open state store {self.where}: {exc}; install its database driver "
                 "(pip install 'klinegym[postgres]' for postgresql://) or give a SQLite file path"
             ) from exc
+        if file is None:  # PostgreSQL (or SQLite in memory): read what the database holds, writing nothing
+            survey = self._survey()
+        make = _admit(*(survey or (set(), None)), where=self.where, create=create)
         if self._sqlite:
             _sqlite_setup(self._engine, autocheckpoint=not idle_checkpoints)
         # reads take no write lock on SQLite (see _sqlite_setup)
@@ -316,19 +354,61 @@ class StateStore:
             .values(done_ms=bindparam("now"))
             .returning(c.id, c.command)
         )
+        if make:
+            self._create()
+
+    def _survey(self) -> tuple[set[str], int | None]:
         try:
-            _meta.create_all(self._engine)
+            with self._engine.connect() as conn:
+                names = set(inspect(conn).get_table_names())
+                version = (
+                    conn.execute(select(func.max(store_table.c.schema_version))).scalar()
+                    if store_table.name in names
+                    else None
+                )
         except DBAPIError as exc:
             self._engine.dispose()
-            if self._sqlite and "not a database" in str(exc.orig):
-                raise StateError(
-                    f"{self.where} is not a SQLite database (corrupt?): move it aside, or point state= at a "
-                    "new file"
-                ) from exc
             raise StateError(
-                f"cannot open state store {self.where}: {exc.orig}; check the path or URL, its permissions "
-                "and that the database is reachable"
+                f"cannot open state store {self.where}: {' '.join(str(exc.orig).split())}; check the URL, "
+                "its permissions and that the database is reachable"
             ) from exc
+        return names, version
+
+    def _create(self) -> None:
+        """Every table and the store's row in one transaction: a kill leaves no half-made store."""
+        try:
+            with self._engine.begin() as conn:
+                _meta.create_all(conn)
+                if conn.execute(select(func.count()).select_from(store_table)).scalar() == 0:
+                    row = {"schema_version": SCHEMA_VERSION, "created_ms": _wall_ms()}
+                    conn.execute(store_table.insert().values(row))
+        except DBAPIError as exc:
+            self._engine.dispose()
+            raise StateError(
+                f"cannot create state store {self.where}: {' '.join(str(exc.orig).split())}; check the path "
+                "or URL and its permissions"
+            ) from exc
+        self.created = True
+
+    def discard(self) -> None:
+        """Remove the store this object created, for a start refused after it was made (live keys the
+        exchange refuses, say): such a start leaves nothing behind. Refused for any other store."""
+        if not self.created:
+            raise StateError(f"state store {self.where} was not created by this start; it is kept")
+        self.close()
+        if self._sqlite:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.where}{suffix}").unlink(missing_ok=True)
+            folder = Path(self.where).parent
+            while self._made_folder is not None and folder.is_relative_to(self._made_folder):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+                folder = folder.parent
+        else:
+            with self._engine.begin() as conn:
+                _meta.drop_all(conn)
+            self._engine.dispose()
+        self.created = False
 
     def checkpoint(self, if_over: int = 0) -> None:
         """SQLite: copy what the WAL holds into the database file and empty the WAL, if the WAL file
@@ -374,11 +454,13 @@ class StateStore:
     # -- the run ----------------------------------------------------------------------------------
 
     def open_run(self, meta: RunMeta) -> None:
-        """Record ``meta`` on first use; later, check the store belongs to the same run and market.
+        """Record ``meta`` on first use; later, check the store belongs to the same bundle, run and
+        market.
 
-        Refused (:class:`StateError`): a store holding another run; the same run on another exchange,
+        Refused (:class:`StateError`): a store of another bundle (``bundle_id``: another content,
+        wherever it was loaded from); a store holding another run; the same run on another exchange,
         market, symbol or timeframe; a paper run going live (its account is not the exchange's).
-        The bundle path and ``live -> paper`` may change and are recorded.
+        The bundle's path (the same content moved) and ``live -> paper`` may change and are recorded.
         """
         if meta.mode not in MODES:
             raise StateError(f"mode={meta.mode} is not one of {', '.join(MODES)}")
@@ -390,6 +472,12 @@ class StateStore:
                 return
             old = RunMeta(**{k: rows[0][k] for k in RunMeta.__dataclass_fields__})
             owner = f"{old.run_id} ({old.symbol} {old.timeframe} on {old.exchange} {old.market})"
+            if len(rows) == 1 and old.bundle_id != meta.bundle_id:
+                raise StateError(
+                    f"state store {self.where} belongs to bundle {old.bundle} ({old.bundle_id}) of run "
+                    f"{owner}; this start serves {meta.bundle} ({meta.bundle_id}), another bundle: use a new "
+                    "state= for it, or serve the bundle the store belongs to"
+                )
             if len(rows) > 1 or old.run_id != meta.run_id:
                 raise StateError(
                     f"state store {self.where} belongs to run {owner}; use a new state= for run {meta.run_id}"
@@ -704,3 +792,64 @@ def _sqlite_setup(engine: Engine, autocheckpoint: bool) -> None:
         conn.connection.cursor().execute(
             "BEGIN" if conn.get_execution_options().get("state_read") else "BEGIN IMMEDIATE"
         )
+
+
+def _sqlite_survey(path: Path, where: str) -> tuple[set[str], int | None] | None:
+    """The tables of a SQLite file and the schema version its ``klinegym_store`` row gives, read
+    without writing a byte (``None`` when there is no file): read-only, and with no WAL beside the
+    file also immutable, so that SQLite makes no ``-wal`` or ``-shm`` file beside another
+    program's database."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        raise StateError(f"cannot open state store {where}: it is a folder; give a file path")
+    wal = path.with_name(path.name + "-wal").exists()
+    unreadable = f"cannot open state store {where}: %s; check the path and its permissions"
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro{'' if wal else '&immutable=1'}", uri=True)
+    except sqlite3.Error as exc:
+        raise StateError(unreadable % exc) from exc
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = None
+        if store_table.name in names:
+            version = conn.execute(f"SELECT max(schema_version) FROM {store_table.name}").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StateError(
+                f"{where} is not a SQLite database (corrupt?): nothing was written to it; move it aside, or "
+                "point state= at a new file"
+            ) from exc
+        raise StateError(unreadable % exc) from exc
+    finally:
+        conn.close()
+    return {n for n in names if not n.startswith("sqlite_")}, version
+
+
+def _admit(names: set[str], version: int | None, *, where: str, create: bool) -> bool:
+    """Whether a database holding ``names`` (with the store row's ``version``) is made into a store
+    (``True``), is one of ours at this schema (``False``), or is refused (:class:`StateError`)."""
+    if not names:
+        if not create:
+            raise StateError(f"no state store at {where}: the bot has not run yet (or give state=)")
+        return True
+    if store_table.name in names:
+        if version == SCHEMA_VERSION:
+            return False
+        if version is None:
+            raise StateError(f"state store {where} is damaged (no klinegym_store row): move it aside")
+        newer = "a newer klinegym: upgrade to use it" if version > SCHEMA_VERSION else "an older klinegym"
+        raise StateError(
+            f"state store {where} has schema version {version}, written by {newer}; this one reads version "
+            f"{SCHEMA_VERSION} (or start from a new state=)"
+        )
+    if {t.name for t in _meta.sorted_tables if t is not store_table} <= names:
+        raise StateError(
+            f"state store {where} was written by an older klinegym (schema version 1, before a store was "
+            "tied to its bundle): finish that bot with the version that wrote it, or start from a new state="
+        )
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    raise StateError(
+        f"{where} is not a klinegym state store (it holds tables {shown}): nothing was written to it; point "
+        "state= at a new file or an empty database"
+    )

@@ -17,21 +17,23 @@ import pandas as pd
 import pytest
 
 from agents.bundle import load_policy
+from data.config import ConfigError
 from data.loopback import LoopbackExchange
 from reports.replay import replay
 from serving.app import ServeError, build, command
+from serving.config import ServeConfig
 from serving.state import StateStore
 from tests.integration.test_training import ROOT
 
 BAR = 300_000
 
 
-def values(run: Path | None, url: str, state: Path, **extra) -> dict:
+def values(run: Path | None, url: str, state: Path, **extra) -> ServeConfig:
     base = {
         "run": None if run is None else str(run), "policy": None, "mode": "paper", "confirm_live": False,
         "exchange": "binance", "market": "futures", "symbol": "BTC/USDT", "api_url": url, "state": str(state),
         "command": None,
-        "serve": {"poll_seconds": 0.0, "max_bars": None, "max_polls": None, "kill_file": None},
+        "serve": {"poll_seconds": 0.01, "max_bars": None, "max_polls": None, "kill_file": None},
         "risk": {},
     }  # fmt: skip
     for key, value in extra.items():
@@ -39,7 +41,7 @@ def values(run: Path | None, url: str, state: Path, **extra) -> dict:
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    return base
+    return ServeConfig.from_dict(base)
 
 
 def evaluation_replay(bundle, bars, funding, env, start_i: int, bars_after: int = 101):
@@ -159,13 +161,13 @@ def test_the_kill_file_and_the_halt_command_flatten_and_halt_the_bot(bundle, mar
         drive(server, ex, now, 20)
         kill.touch()
         drive(server, ex, now + 20 * BAR, 3)
-        status = command({"command": "status", "state": str(tmp_path / "state.db")})
+        status = command(ServeConfig(command="status", state=str(tmp_path / "state.db")))
         assert status["state"]["trading_state"] == "HALTED"
         store = StateStore(str(tmp_path / "state.db"))
         assert store.get("trading_state") == "HALTED" and server.account.position == 0.0
         assert any(e["check"] == "kill_switch" for e in store.risk_events())
         kill.unlink()
-        command({"command": "resume", "state": str(tmp_path / "state.db")})
+        command(ServeConfig(command="resume", state=str(tmp_path / "state.db")))
         drive(server, ex, now + 23 * BAR, 2)
         assert store.get("trading_state") == "ACTIVE"
 
@@ -192,7 +194,7 @@ def test_a_bot_that_cannot_start_says_why_and_starts_nothing(
     bars, funding = market
     with (
         LoopbackExchange(futures={"BTCUSDT": {"5m": bars}}, funding={"BTCUSDT": funding}) as ex,
-        pytest.raises(ServeError, match=message.replace("(", r"\(")),
+        pytest.raises((ServeError, ConfigError), match=message.replace("(", r"\(")),
     ):
         build(values(bundle, ex.url, tmp_path / "state.db", **extra))
 

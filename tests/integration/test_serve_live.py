@@ -18,6 +18,7 @@ import pytest
 from agents.bundle import read_spec
 from serving.app import ServeError, build, command
 from serving.broker import BrokerError, client_tag
+from serving.config import ServeConfig
 from serving.replay_exchange import ReplayExchange
 from serving.state import StateStore
 from tests.integration.test_serve import BAR, drive, evaluation_replay, values
@@ -133,7 +134,7 @@ def test_a_trade_made_outside_the_bot_halts_it_at_start_until_the_operator_adopt
         )
         with pytest.raises(ServeError, match="the exchange holds a position of"):
             build(live(bundle, ex, tmp_path / "state.db"))
-        status = command({"command": "status", "state": str(tmp_path / "state.db")})
+        status = command(ServeConfig(command="status", state=str(tmp_path / "state.db")))
         assert status["state"]["trading_state"] == "HALTED"
         adopted = start(live(bundle, ex, tmp_path / "state.db", serve={"adopt_exchange": True}))
         assert adopted.account.position == pytest.approx(held + 0.01, abs=1e-12)
@@ -264,8 +265,8 @@ def test_a_baseline_trades_spot_live_and_the_store_agrees_with_the_exchange(shar
         spot={"BTCUSDT": {"5m": bars}}, env=spot, start_ms=now, balances={"USDT": 10_000.0}
     ) as ex:
         asked = values(None, ex.url, tmp_path / "state.db", policy="sma_crossover", market="spot",
-                       timeframe="5m", mode="live", confirm_live=True)  # fmt: skip
-        server = start({**asked, "serve": {**asked["serve"], "request_timeout_ms": 1_000}})
+                       timeframe="5m", mode="live", confirm_live=True, serve={"request_timeout_ms": 1_000})
+        server = start(asked)
         drive(server, ex, now, 300)
         usdt, btc = ex.balance("USDT")["total"], ex.balance("BTC")["total"]
     store = StateStore(str(tmp_path / "state.db"))

@@ -22,7 +22,8 @@ from serving.state import ORDER_STATES, RunMeta, StateError, StateStore, store_u
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1706745600000  # 2024-02-01T00:00:00Z
-META = RunMeta("ppo_btc_BTCUSDT_1m", "runs/ppo_btc/policy", "binance", "spot", "BTC/USDT", "1m", "paper")
+META = RunMeta("ppo_btc_BTCUSDT_1m", "runs/ppo_btc/policy", "binance", "spot", "BTC/USDT", "1m", "paper",
+               "sha256:0123456789abcdef")  # fmt: skip
 # the order life cycle, written out independently of serving.state.TRANSITIONS
 LEGAL = {
     "NEW": {"SENT", "REJECTED", "UNKNOWN", "CANCELED"},
@@ -158,7 +159,7 @@ def test_the_first_open_records_the_run_and_a_reopen_of_the_same_run_is_accepted
 
 
 def test_another_runs_store_is_refused_naming_both_runs(store: StateStore, url: str):
-    other = RunMeta("sac_eth_ETHUSDT_5m", "b", "binance", "spot", "ETH/USDT", "5m", "paper")
+    other = RunMeta("sac_eth_ETHUSDT_5m", "b", "binance", "spot", "ETH/USDT", "5m", "paper", META.bundle_id)
     with pytest.raises(StateError) as info:
         store.open_run(other)
     message = str(info.value)
@@ -168,11 +169,11 @@ def test_another_runs_store_is_refused_naming_both_runs(store: StateStore, url: 
 
 
 def test_the_same_run_on_a_different_symbol_is_refused_naming_the_field(store: StateStore):
-    moved = RunMeta(META.run_id, META.bundle, "binance", "spot", "ETH/USDT", "1m", "paper")
+    moved = RunMeta(META.run_id, META.bundle, "binance", "spot", "ETH/USDT", "1m", "paper", META.bundle_id)
     with pytest.raises(StateError, match=r"symbol=ETH/USDT \(recorded BTC/USDT\)") as info:
         store.open_run(moved)
     assert "ppo_btc_BTCUSDT_1m" in str(info.value) and "timeframe" not in str(info.value)
-    moved = RunMeta(META.run_id, META.bundle, "okx", "futures", "BTC/USDT", "1m", "paper")
+    moved = RunMeta(META.run_id, META.bundle, "okx", "futures", "BTC/USDT", "1m", "paper", META.bundle_id)
     with pytest.raises(
         StateError, match=r"exchange=okx \(recorded binance\), market=futures \(recorded spot\)"
     ):
@@ -527,7 +528,7 @@ WRITER = """
 
     T0, LIMIT = 1706745600000, int(sys.argv[2])
     s = StateStore(sys.argv[1])
-    s.open_run(RunMeta("kill", "b", "binance", "spot", "BTC/USDT", "1m", "paper"))
+    s.open_run(RunMeta("kill", "b", "binance", "spot", "BTC/USDT", "1m", "paper", "sha256:kill"))
 
     def complete(o):
         # each step is its own transaction, as in the serving loop; replaying them is harmless
