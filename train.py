@@ -4,6 +4,11 @@ Thin Hydra entry point: it converts the composed config once (agents/config.py) 
 agents/training.py, or with ``+hparams_search=optuna`` to the Optuna search (agents/search.py), or
 with ``+walk_forward=rolling`` to walk-forward validation (agents/walkforward.py).
 The run folder is printed as the last line: ``run_dir: runs/...``.
+
+A start the config alone refuses (an unknown key, a value out of range, an impossible date, a
+checkpoint that is not there) stops before Hydra makes the run folder and before torch is
+imported (agents/commandline.py); one refused later (a range the store lacks, a checkpoint that
+does not load) removes the folder Hydra made. Either way: one ``error: ...`` line, exit status 2.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agents.commandline import preflight
+from agents.commandline import discard_output, preflight
 from agents.config import ConfigError, TrainConfig
 
 log = logging.getLogger("train")
+CONF = Path(__file__).resolve().parent / "conf"
+# the folders on the way to Hydra's output folder that existed before it made it (preflight)
+existed: frozenset[Path] = frozenset()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -56,7 +64,7 @@ def main(cfg: DictConfig) -> None:
         else:
             bundle = train(config, run_dir, values).bundle
     except ConfigError as exc:
-        log.error("%s", exc)
+        discard_output(run_dir, existed)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     log.info("policy bundle: %s", bundle)
@@ -68,5 +76,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    preflight(Path(__file__).resolve().parent / "conf", "config", TrainConfig)
+    existed = preflight(CONF, "config", TrainConfig, check=TrainConfig.from_dict)
     main()

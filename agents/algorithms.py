@@ -6,7 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agents.config import AgentConfig, ConfigError
+from agents.config import CONTINUOUS_ONLY, DISCRETE_ONLY, AgentConfig, ConfigError
 
 ON_POLICY = {"ppo", "a2c", "recurrent_ppo"}
 # hyperparameters each algorithm takes (AgentConfig fields not listed are ignored for it)
@@ -23,8 +23,6 @@ ACCEPTS = {
     "td3": {"learning_rate", "gamma", "buffer_size", "learning_starts", "batch_size", "train_freq",
             "gradient_steps", "tau"},
 }  # fmt: skip
-DISCRETE_ONLY = {"dqn"}
-CONTINUOUS_ONLY = {"sac", "td3"}
 
 
 def algorithm_class(algo: str) -> type:

@@ -8,14 +8,38 @@ the run at start with the key's full name.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from data.config import ConfigError, build
-from data.schema import iso, parse_time, timeframe_ms
+from data.config import ConfigError, build, check_path
+from data.schema import MARKETS, TIMEFRAMES, iso, parse_time, timeframe_ms
 from envs.config import EnvConfig
+
+
+def config_time(key: str, value: str) -> int:
+    """``value`` (an ISO date or time, or epoch milliseconds) as ms UTC; an impossible date such
+    as ``2024-04-31`` is a :class:`ConfigError` naming ``key`` and saying why."""
+    try:
+        ts = parse_time(value)
+    except ValueError:
+        try:
+            datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+            why = ""
+        except ValueError as exc:
+            why = f" ({exc})"
+        raise ConfigError(
+            f"{key}={value} is not a date{why}; write an ISO date such as 2024-01-01 or 2024-01-01T12:00"
+        ) from None
+    if ts is None:
+        raise ConfigError(f"{key} is empty; write an ISO date such as 2024-01-01 or 2024-01-01T12:00")
+    return ts
 
 
 @dataclass(frozen=True)
@@ -46,12 +70,30 @@ class DataConfig:
     synthetic_bars: int = 200_000
 
     def __post_init__(self) -> None:
+        if self.market not in MARKETS:
+            raise ConfigError(
+                f"data.market={self.market!r} is not supported; choose one of {', '.join(MARKETS)} "
+                "(the env's account is env=perp)"
+            )
+        if self.timeframe not in TIMEFRAMES:
+            raise ConfigError(
+                f"data.timeframe={self.timeframe!r} is not supported; choose one of {', '.join(TIMEFRAMES)}"
+            )
+        if self.embargo_bars < 0:
+            raise ConfigError(f"data.embargo_bars={self.embargo_bars} must be a whole number >= 0")
+        if self.exchange == "synthetic" and self.synthetic_bars < 2:
+            raise ConfigError(
+                f"data.synthetic_bars={self.synthetic_bars}: a synthetic market needs at least 2 bars"
+            )
         bar = timeframe_ms(self.timeframe)
         names = ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")
-        times = [parse_time(getattr(self, n)) for n in names]
-        for a, b, name in ((0, 1, "train"), (2, 3, "val"), (4, 5, "test")):
+        times = [config_time(f"data.{n}", getattr(self, n)) for n in names]
+        for a, b in ((0, 1), (2, 3), (4, 5)):
             if times[a] >= times[b]:
-                raise ConfigError(f"data.{name}_start must be before data.{name}_end")
+                raise ConfigError(
+                    f"data.{names[a]}={getattr(self, names[a])} must be before data.{names[b]}="
+                    f"{getattr(self, names[b])}"
+                )
         gap = self.embargo_bars * bar
         for end, start, what in ((1, 2, "val_start"), (3, 4, "test_start")):
             if times[start] < times[end] + gap:
@@ -98,6 +140,21 @@ class AgentConfig:
             raise ConfigError(
                 f"agent.algo={self.algo!r} is not offered; choose one of {', '.join(self.ALGOS)}"
             )
+        expected = POLICIES.get(self.algo, "MlpPolicy")
+        if self.policy != expected:
+            raise ConfigError(
+                f"agent.policy={self.policy}: agent={self.algo} trains {expected} on this env's flat "
+                f"observations; set agent.policy={expected}"
+            )
+        for units in self.net_arch:
+            if not (isinstance(units, int) and units >= 1):
+                raise ConfigError(
+                    f"agent.net_arch={list(self.net_arch)}: every layer needs a whole number of units >= 1"
+                )
+        for name, (ok, rule) in HYPERPARAMETER_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(f"agent.{name}={value!r} must {rule}")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The keyword arguments the algorithm takes, without unset ones."""
@@ -108,6 +165,45 @@ class AgentConfig:
             if f.name not in skip and getattr(self, f.name) is not None
         }
 
+
+def _finite(low: float, low_open: bool, high: float = math.inf) -> Callable[[float], bool]:
+    """A finite number above ``low`` (or at it, unless ``low_open``) and at most ``high``."""
+
+    def ok(v: float) -> bool:
+        return math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
+
+    return ok
+
+
+_WHOLE = (lambda v: v >= 1, "be a whole number >= 1")
+_POSITIVE = (_finite(0, True), "be a finite number > 0")
+_NON_NEGATIVE = (_finite(0, False), "be a finite number >= 0")
+HYPERPARAMETER_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "learning_rate": (_finite(0, True), "be a finite number > 0 (e.g. 0.0003)"),
+    "gamma": (_finite(0, True, 1), "lie in (0, 1]"),
+    "n_steps": _WHOLE,
+    "batch_size": _WHOLE,
+    "n_epochs": _WHOLE,
+    "gae_lambda": (_finite(0, False, 1), "lie in [0, 1]"),
+    "ent_coef": _NON_NEGATIVE,
+    "clip_range": _POSITIVE,
+    "vf_coef": _NON_NEGATIVE,
+    "max_grad_norm": _POSITIVE,
+    "buffer_size": _WHOLE,
+    "learning_starts": (lambda v: v >= 0, "be a whole number >= 0"),
+    "train_freq": _WHOLE,
+    "gradient_steps": (lambda v: v >= 1 or v == -1, "be a whole number >= 1, or -1 (one per env-step)"),
+    "tau": (_finite(0, True, 1), "lie in (0, 1]"),
+    "exploration_fraction": (_finite(0, False, 1), "lie in [0, 1]"),
+}
+"""What each hyperparameter of :class:`AgentConfig` must be (when set), checked at start."""
+
+POLICIES = {"recurrent_ppo": "MlpLstmPolicy"}
+"""The policy class each algorithm trains on the env's flat observations (``MlpPolicy`` otherwise)."""
+DISCRETE_ONLY = ("dqn",)
+CONTINUOUS_ONLY = ("sac", "td3")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+"""The ``device=`` values: a GPU is ``cuda`` for CUDA and ROCm builds of torch alike."""
 
 BACKEND_ALGOS = {
     "sb3": ("ppo", "a2c", "dqn", "sac", "td3", "recurrent_ppo"),
@@ -224,6 +320,8 @@ class WalkForwardConfig:
                 raise ConfigError(f"walk_forward.{name} must be > 0")
         if self.step_days is not None and self.step_days <= 0:
             raise ConfigError("walk_forward.step_days must be > 0 (or null for walk_forward.test_days)")
+        if self.start is not None:
+            config_time("walk_forward.start", self.start)
 
 
 @dataclass(frozen=True)
@@ -246,11 +344,80 @@ class TrainConfig:
         if self.hparams_search is not None and self.walk_forward is not None:
             raise ConfigError("+hparams_search and +walk_forward run one at a time; drop one")
         offered = BACKEND_ALGOS[self.trainer.backend]
-        if self.agent.algo not in offered:
-            other = next(b for b, algos in BACKEND_ALGOS.items() if self.agent.algo in algos)
+        algo = self.agent.algo
+        if algo not in offered:
+            other = next(b for b, algos in BACKEND_ALGOS.items() if algo in algos)
             raise ConfigError(
-                f"agent={self.agent.algo} is not offered by trainer={self.trainer.backend} "
+                f"agent={algo} is not offered by trainer={self.trainer.backend} "
                 f"(it offers {', '.join(offered)}); use trainer={other} or another agent"
+            )
+        if algo in DISCRETE_ONLY and self.env.action_type != "discrete":
+            raise ConfigError(f"agent={algo} needs discrete actions: set env.action_type=discrete")
+        if algo in CONTINUOUS_ONLY and self.env.action_type != "continuous":
+            raise ConfigError(f"agent={algo} needs continuous actions: add env.action_type=continuous")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be a whole number >= 0")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(
+                f"device={self.device} is not a torch device; use auto, cpu, cuda, cuda:N (a GPU's index) "
+                "or mps"
+            )
+        rllib = self.trainer.backend == "rllib"
+        if rllib and self.device.startswith("cuda") and not self.trainer.num_gpus_per_learner:
+            raise ConfigError(
+                f"device={self.device}: trainer=rllib places learners on GPUs with "
+                "trainer.num_gpus_per_learner=1; leave device=auto"
+            )
+        if self.hparams_search is not None:
+            for key in self.hparams_search.params:
+                try:
+                    check_path(TrainConfig, key)
+                except ConfigError as exc:
+                    raise ConfigError(f"hparams_search.params: {exc}") from None
+        if self.resume is not None:
+            self._check_resume()
+
+    def _check_resume(self) -> None:
+        """``resume`` names a checkpoint this backend can load: a stable-baselines3 ``.zip`` (the
+        suffix may be left off, as stable-baselines3 adds it), or an RLlib checkpoint folder."""
+        given, path = self.resume, Path(self.resume)
+        example = "runs/<experiment>/<time>/checkpoints/last"
+        if self.trainer.backend == "rllib":
+            if not path.exists():
+                raise ConfigError(f"resume={given} does not exist; give a checkpoint folder like {example}")
+            if not (path / "rllib_checkpoint.json").exists():
+                raise ConfigError(
+                    f"resume={given} is not an RLlib checkpoint (no rllib_checkpoint.json); give a run's "
+                    "checkpoints/last (or step_N)"
+                )
+            return
+        if path.is_dir():
+            last = path / "checkpoints" / "last.zip"
+            if last.is_file():
+                raise ConfigError(
+                    f"resume={given} is a run folder; continue from its checkpoint: resume={last}"
+                )
+            raise ConfigError(
+                f"resume={given} is a folder; trainer=sb3 continues from a checkpoint ({example}.zip)"
+            )
+        if not path.exists():
+            zipped = path.with_name(path.name + ".zip")
+            if path.suffix != ".zip" and zipped.is_file():
+                path = zipped
+            else:
+                nor = f" (nor {zipped})" if path.suffix != ".zip" else ""
+                raise ConfigError(f"resume={given} does not exist{nor}; give a checkpoint like {example}.zip")
+        if not zipfile.is_zipfile(path):
+            raise ConfigError(
+                f"resume={given} is not a stable-baselines3 checkpoint (not a zip archive); give a run's "
+                "checkpoints/last.zip"
+            )
+        with zipfile.ZipFile(path) as archive:
+            missing = [n for n in ("data", "policy.pth") if n not in archive.namelist()]
+        if missing:
+            raise ConfigError(
+                f"resume={given} is not a stable-baselines3 checkpoint (no {' or '.join(missing)} in the "
+                "archive); give a run's checkpoints/last.zip"
             )
 
     @classmethod

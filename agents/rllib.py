@@ -115,8 +115,6 @@ def rllib_config(cfg: TrainConfig, env_config: dict[str, Any], observation_space
                 f"agent.{field}={value} has no meaning for RLlib {a.algo.upper()}; set agent.{field}=null"
             )
         training[attr] = value
-    if a.policy != "MlpPolicy":
-        raise ConfigError(f"agent.policy={a.policy}: trainer=rllib trains an MLP; set agent.policy=MlpPolicy")
     return (
         config.environment(
             ENV_NAME,
@@ -270,15 +268,6 @@ def train_rllib(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) ->
 
     from envs.config import EnvConfig
 
-    if cfg.device.startswith("cuda") and cfg.trainer.num_gpus_per_learner == 0:
-        raise ConfigError(
-            f"device={cfg.device}: trainer=rllib places learners on GPUs with "
-            "trainer.num_gpus_per_learner=1; leave device=auto"
-        )
-    if cfg.resume and not (Path(cfg.resume) / "rllib_checkpoint.json").exists():
-        raise ConfigError(
-            f"resume={cfg.resume} is not an RLlib checkpoint; give a run's checkpoints/last (or step_N)"
-        )
     torch.set_num_threads(cfg.trainer.torch_threads)
     data = prepare_run(cfg, run_dir)
     market = prepare(data.train_bars, data.train_funding, EnvConfig.from_kwargs(data.env_kwargs))

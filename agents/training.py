@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,16 +64,17 @@ def ensure_data(d: DataConfig, with_funding: bool) -> None:
     if first is not None and first <= start and last >= end - bar:
         return
     if d.exchange == "synthetic":
+        last_bar = start // bar * bar + (d.synthetic_bars - 1) * bar  # as generate() aligns it
+        if last_bar < end - bar:
+            raise ConfigError(
+                f"data.synthetic_bars={d.synthetic_bars} ends at {iso(last_bar)}, before data.test_end="
+                f"{d.test_end}; raise data.synthetic_bars or move the ranges"
+            )
         bars, funding = generate(
             SyntheticConfig(
                 seed=d.synthetic_seed, start=d.train_start, bars=d.synthetic_bars, timeframe=d.timeframe
             )
         )
-        if bars.ts.iloc[-1] < end - bar:
-            raise ConfigError(
-                f"data.synthetic_bars={d.synthetic_bars} ends at {iso(int(bars.ts.iloc[-1]))}, before "
-                f"data.test_end={d.test_end}; raise data.synthetic_bars or move the ranges"
-            )
         store.write(key, bars, on_conflict="replace")
         if with_funding:
             store.write(SeriesKey.of(d.exchange, d.market, d.symbol, FUNDING), funding, on_conflict="replace")
@@ -308,6 +311,23 @@ def bundle_spec(cfg: TrainConfig, env: Any, validator: Validator) -> dict[str, A
     }
 
 
+def load_checkpoint(cfg: TrainConfig, venv: Any, device: str, tensorboard_log: str) -> Any:
+    """The stable-baselines3 model of ``cfg.resume`` on ``venv``; one that cannot be loaded (bytes
+    damaged, another algorithm, another env's spaces) is a :class:`ConfigError` naming it."""
+    from agents.algorithms import algorithm_class
+
+    algo = algorithm_class(cfg.agent.algo)
+    try:
+        return algo.load(cfg.resume, env=venv, device=device, tensorboard_log=tensorboard_log)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, EOFError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as exc:  # fmt: skip
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"resume={cfg.resume} cannot be loaded as a {cfg.agent.algo} checkpoint for this env ({why}); "
+            "resume with the agent and env the checkpoint was trained with"
+        ) from exc
+
+
 def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> TrainResult:
     """Train per ``cfg`` into ``run_dir``: checkpoints, TensorBoard logs, the policy bundle."""
     if cfg.trainer.backend == "rllib":
@@ -327,9 +347,7 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> Train
     venv.seed(cfg.seed)
     tb = str(run_dir / "tb")
     if cfg.resume:
-        from agents.algorithms import algorithm_class
-
-        model = algorithm_class(cfg.agent.algo).load(cfg.resume, env=venv, device=device, tensorboard_log=tb)
+        model = load_checkpoint(cfg, venv, device, tb)
     else:
         model = build_model(cfg.agent, venv, seed=cfg.seed, device=device, tensorboard_log=tb)
     model.learn(

@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from data.config import closest
+from envs.features import FEATURES
+
 MARKETS = ("spot", "perp")
 SLIPPAGE_MODELS = ("none", "fixed_bps", "sqrt_impact")
 SPREAD_MODELS = ("fixed", "estimated")
@@ -22,6 +25,21 @@ REWARDS = ("log_return", "pnl", "differential_sharpe", "log_return_drawdown")
 # Binance standard (VIP 0) taker fees: spot 0.10 %, USD-M futures 0.05 %.
 DEFAULT_TAKER_FEE = {"spot": 0.001, "perp": 0.0005}
 DEFAULT_MAKER_FEE = {"spot": 0.001, "perp": 0.0002}
+
+
+def check_feature_names(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first feature that :data:`envs.features.FEATURES` does not
+    offer, with the closest names (``momentm_240`` -> ``momentum_240``), or one listed twice. Names
+    are whole: ``momentum_240`` and ``momentum_1440`` are two features, not one with a parameter."""
+    for name in names:
+        if name not in FEATURES:
+            near = closest(str(name), FEATURES)
+            hint = f" did you mean {' or '.join(near)}?" if near else ""
+            listed = ", ".join(FEATURES)
+            raise ValueError(f"env.features: unknown feature {name!r};{hint} choose from: {listed}")
+    for name in names:
+        if list(names).count(name) > 1:
+            raise ValueError(f"env.features: feature {name!r} is listed twice; list each feature once")
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,10 @@ class EnvConfig:
         for name in ("window", "episode_length", "norm_window", "spread_window", "vol_window"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 fail(name, "it must be a whole number >= 1")
+        if self.norm_window < 2:
+            fail("norm_window", "it must be a whole number >= 2 (the bars of the features' rolling z-score)")
+        if self.features is not None:
+            check_feature_names(self.features)
         if self.action_type == "discrete" and self.actions is not None:
             if not self.actions:
                 fail("actions", "give at least one target exposure, e.g. [-1, 0, 1]")
