@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from data.config import closest, unknown_key
 from data.errors import DataError, ValidationError
@@ -166,6 +167,13 @@ def open_store(root: str | None, *, must_exist: bool) -> Store:
     return store
 
 
+def removed(store: Store, *keys: SeriesKey) -> str:
+    """After a write to ``keys`` succeeded: remove the temp files killed writes left in those
+    series (a refusal leaves them, as it leaves everything) and say so."""
+    n = sum(store.remove_stale_temp_files(key) for key in keys)
+    return f"; removed {n} orphan temp file(s) of a killed write" if n else ""
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -232,7 +240,6 @@ def cmd_download(a: DownloadArgs) -> int:
     from data.download import download_funding, download_ohlcv
 
     store = open_store(a.root, must_exist=False)
-    store.remove_stale_temp_files()
     common = dict(api_url=a.api_url, progress=a.progress, max_retries=a.retries, timeout_ms=a.timeout_ms)
     results = [
         download_ohlcv(
@@ -243,7 +250,9 @@ def cmd_download(a: DownloadArgs) -> int:
         results.append(download_funding(store, a.exchange, a.market, a.symbol, start, end, **common))
     for r in results:
         span = f"{iso(r.first_ts)} -> {iso(r.last_ts)}" if r.last_ts is not None else "empty"
-        print(f"{r.key}: +{r.rows_added:,} rows, stored {span} ({r.requests} requests)")
+        print(
+            f"{r.key}: +{r.rows_added:,} rows, stored {span} ({r.requests} requests){removed(store, r.key)}"
+        )
     return 0
 
 
@@ -269,7 +278,7 @@ def cmd_import(a: ImportArgs) -> int:
         f"{a.key()}: +{result.rows_added:,} rows in {len(result.partitions)} partition(s) "
         f"under {store.root}; read {result.rows_read:,} rows from {result.files} file(s), "
         f"sorted {result.out_of_order:,} out-of-order row(s), "
-        f"dropped {result.duplicates:,} exact duplicate row(s)"
+        f"dropped {result.duplicates:,} exact duplicate row(s){removed(store, a.key())}"
     )
     return 0
 
@@ -289,10 +298,17 @@ def cmd_coverage(a: CoverageArgs) -> int:
 
     store = open_store(a.root, must_exist=True)
     items = coverage(store)
+    orphans = store.stale_temp_files()
     if a.json:
         print(json.dumps([c.to_json() for c in items], indent=2))
+        if orphans:
+            print(
+                f"warning: {len(orphans)} orphan temp file(s) of killed writes under {store.root}; "
+                "python -m data validate lists them",
+                file=sys.stderr,
+            )
     else:
-        print(format_table(items, str(store.root), a.largest))
+        print(format_table(items, str(store.root), a.largest, orphans))
     return 0
 
 
@@ -326,16 +342,30 @@ def cmd_validate(a: ValidateArgs) -> int:
         listed = ", ".join(stored[:10]) + (f" and {len(stored) - 10} more" if len(stored) > 10 else "")
         raise UsageError(f"no series {wanted} under {store.root}{hint} stored: {listed or 'none'}")
     keys = [wanted] if wanted is not None else list(store.series())
+    orphans: dict[str, list[Path]] = {}
+    for tmp in store.stale_temp_files(wanted):
+        orphans.setdefault("/".join(tmp.parent.relative_to(store.root).parts), []).append(tmp)
+    # a series whose first write was killed has a temp file and no partition yet
+    keys += [SeriesKey(*name.split("/")) for name in orphans if name not in map(str, keys)]
     if not keys:
         print(f"no series under {store.root}; nothing to validate")
         return 0
     bad = 0
-    for key in keys:
+    for key in sorted(keys, key=str):
         issues = store.validate(key)
-        print(f"{key}: {'ok' if not issues else f'{len(issues)} problem(s)'}")
+        left = orphans.get(str(key), [])
+        found = [f"{len(issues)} problem(s)"] * bool(issues) + [f"{len(left)} orphan temp file(s)"] * bool(
+            left
+        )
+        print(f"{key}: {', '.join(found) or 'ok'}")
         for issue in issues[:50]:
             print(f"  {issue}")
-        bad += bool(issues)
+        for tmp in left:
+            print(
+                f"  {tmp.name}: left by a write that was killed; every partition is whole, but that "
+                "write may be incomplete: re-run it (that removes the file)"
+            )
+        bad += bool(issues or left)
     return 1 if bad else 0
 
 
@@ -364,8 +394,10 @@ def cmd_resample(a: ResampleArgs) -> int:
     start, end = time_range(a.start, a.end)
     result = resample_series(store, a.key(), a.to, partial=a.partial, start=start, end=end)
     kept = "kept (partial=true)" if a.partial else "dropped"
+    target = SeriesKey.of(a.exchange, a.market, a.symbol, a.to)
     print(
-        f"{a.key()} -> {a.to}: +{result.rows_added:,} bars; {result.incomplete:,} incomplete bucket(s) {kept}"
+        f"{a.key()} -> {a.to}: +{result.rows_added:,} bars; {result.incomplete:,} incomplete bucket(s) "
+        f"{kept}{removed(store, target)}"
     )
     return 0
 
@@ -389,7 +421,7 @@ def cmd_bars(a: BarsArgs) -> int:
     start, end = time_range(a.start, a.end)
     trades = SeriesKey.of(a.exchange, a.market, a.symbol, TRADES)
     result = build_bar_series(store, trades, a.timeframe, start=start, end=end)
-    print(f"{trades} -> {a.timeframe}: +{result.rows_added:,} bars")
+    print(f"{trades} -> {a.timeframe}: +{result.rows_added:,} bars{removed(store, a.key())}")
     return 0
 
 
@@ -441,11 +473,12 @@ def cmd_synth(a: SynthArgs) -> int:
     print(
         f"{key}: {len(bars):,} bars {iso(int(bars.ts.iloc[0]))} -> {iso(int(bars.ts.iloc[-1]))} "
         f"(+{written.rows_added:,} new) in {time.perf_counter() - t0:.1f}s under {store.root}"
+        f"{removed(store, key)}"
     )
     if a.market == "futures":
         fkey = SeriesKey.of("synthetic", a.market, a.symbol, FUNDING)
         store.write(fkey, funding, on_conflict=a.on_conflict)
-        print(f"{fkey}: {len(funding):,} funding events")
+        print(f"{fkey}: {len(funding):,} funding events{removed(store, fkey)}")
     return 0
 
 

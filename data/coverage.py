@@ -8,7 +8,8 @@ have no gaps by definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class SeriesCoverage:
     rows: int
     step_ms: int | None
     gaps: list[list[int]]
+    orphan_temp_files: list[str] = field(default_factory=list)
 
     @property
     def missing(self) -> int:
@@ -44,6 +46,7 @@ class SeriesCoverage:
             "step_ms": self.step_ms,
             "missing": self.missing,
             "gaps": self.gaps,
+            "orphan_temp_files": self.orphan_temp_files,
         }
 
 
@@ -62,7 +65,8 @@ def series_coverage(store: Store, key: SeriesKey) -> SeriesCoverage | None:
         return None
     step = _step(key, ts)
     gaps = find_gaps(ts, step).tolist() if step else []
-    return SeriesCoverage(str(key), int(ts[0]), int(ts[-1]), len(ts), step, gaps)
+    orphans = [p.name for p in store.stale_temp_files(key)]
+    return SeriesCoverage(str(key), int(ts[0]), int(ts[-1]), len(ts), step, gaps, orphans)
 
 
 def coverage(store: Store) -> list[SeriesCoverage]:
@@ -84,13 +88,31 @@ def _duration(ms: int) -> str:
     return f"{minutes / 1440:.1f} d"
 
 
-def format_table(items: list[SeriesCoverage], root: str, largest: int = 3) -> str:
-    """A readable report: one line per series and its largest gaps below it."""
+def orphans_note(orphans: list[Path], root: Path) -> list[str]:
+    """Lines about the temp files of killed writes under ``root`` (none when there are none)."""
+    if not orphans:
+        return []
+    return [
+        f"{len(orphans)} orphan temp file(s) of killed writes (the partitions are whole, but those "
+        "writes may be incomplete: re-run them, which removes the files):",
+        *(f"  {p.relative_to(root)}" for p in orphans),
+    ]
+
+
+def format_table(
+    items: list[SeriesCoverage], root: str, largest: int = 3, orphans: list[Path] | None = None
+) -> str:
+    """A readable report: one line per series and its largest gaps below it, then the temp files
+    that killed writes left (``orphans``, from :meth:`Store.stale_temp_files`)."""
+    note = orphans_note(orphans or [], Path(root))
     if not items:
-        return (
-            f"no series under {root}\n"
-            "fill it with `python -m data download ...`, `python -m data import path=...` "
-            "or `python -m data synth`"
+        return "\n".join(
+            [
+                f"no series under {root}",
+                "fill it with `python -m data download ...`, `python -m data import path=...` "
+                "or `python -m data synth`",
+                *note,
+            ]
         )
     width = max(len(c.series) for c in items)
     tw = max(len(iso(t)) for c in items for t in (c.first_ts, c.last_ts))
@@ -106,4 +128,4 @@ def format_table(items: list[SeriesCoverage], root: str, largest: int = 3) -> st
         biggest = sorted(c.gaps, key=lambda g: g[0] - g[1])[:largest]
         for a, b in sorted(biggest):
             lines.append(f"{'':<{width}}    gap {iso(a)} -> {iso(b)}  ({_duration(b - a)} missing)")
-    return "\n".join(lines)
+    return "\n".join(lines + note)

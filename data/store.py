@@ -350,17 +350,27 @@ class Store:
             _discard(tmp)
             raise
 
-    def remove_stale_temp_files(self) -> int:
-        """Delete temp files left by processes killed mid-write (they are never read). Files of
-        processes still alive, such as another download into the same root, are left alone."""
-        n = 0
-        for tmp in self.root.glob("*/*/*/*/.*.tmp") if self.root.is_dir() else []:
+    def stale_temp_files(self, key: SeriesKey | None = None) -> list[Path]:
+        """Temp files left by processes killed mid-write (of ``key``'s series, or of every series),
+        in path order. Each partition beside them is whole, but the write that left them may not
+        have replaced every partition it meant to. Files of processes still alive, such as
+        another download into the same root, are not stale."""
+        pattern = "*/*/*/*/.*.tmp" if key is None else str(key.path(Path()) / ".*.tmp")
+        found = []
+        for tmp in sorted(self.root.glob(pattern)) if self.root.is_dir() else []:
             pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
+            if not (pid.isdigit() and _alive(int(pid))):
+                found.append(tmp)
+        return found
+
+    def remove_stale_temp_files(self, key: SeriesKey | None = None) -> int:
+        """Delete :meth:`stale_temp_files` (they are never read); how many there were. Call it
+        with the series a write has just completed, so that the leftovers of other interrupted
+        writes stay as their trace."""
+        found = self.stale_temp_files(key)
+        for tmp in found:
             tmp.unlink(missing_ok=True)
-            n += 1
-        return n
+        return len(found)
 
 
 def _alive(pid: int) -> bool:

@@ -509,3 +509,13 @@ def test_download_with_an_api_url_without_scheme_then_shows_the_form(tmp_path, e
     words = download(exchange, tmp_path / "store", "start=2024-01-01")
     words[words.index(f"api_url={exchange.url}")] = "api_url=127.0.0.1:9"
     refuses(words, tmp_path, [], "api_url '127.0.0.1:9' must look like 'http://127.0.0.1:8080'")
+
+
+def test_refused_import_when_a_killed_write_left_a_temp_file_then_the_temp_file_stays(root, tmp_path):
+    # a refusal changes nothing, not even the leftovers of another write (the rerun removes them)
+    orphan = SYN.path(root) / ".2024-02.parquet.999999999.tmp"
+    orphan.write_bytes(b"half a partition")
+    refuses(
+        data("import", f"path={tmp_path / 'missing.csv'}", f"root={root}"), tmp_path, [], "does not exist"
+    )
+    assert orphan.exists()

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.schema import iso
 from data.store import SeriesKey, Store
 from data.synthetic import SyntheticConfig, generate
 from tests.refusals import ROOT as PROJECT
@@ -66,3 +65,116 @@ def test_import_summary_when_nothing_needed_fixing_then_says_zero_of_each(tmp_pa
     assert out.stdout.rstrip().endswith(
         "; read 100 rows from 1 file(s), sorted 0 out-of-order row(s), dropped 0 exact duplicate row(s)"
     )
+
+
+# -- a write killed half way ---------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+@pytest.fixture()
+def killed(tmp_path, frame) -> tuple[Path, Path]:
+    """A store where an import of January and February was killed after January was renamed into
+    place: February's temp file is left behind, its writer gone."""
+    root = tmp_path / "store"
+    Store(root).write(BTC, frame.iloc[:1_000])
+    orphan = BTC.path(root) / f".2024-02.parquet.{dead_pid()}.tmp"
+    orphan.write_bytes(b"half a partition")
+    return root, orphan
+
+
+def test_validate_when_a_killed_write_left_a_temp_file_then_lists_it_and_exits_1(killed, tmp_path):
+    root, orphan = killed
+
+    out = cli("validate", f"root={root}", cwd=tmp_path)
+
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.splitlines() == [
+        "binance/spot/BTCUSDT/1m: 1 orphan temp file(s)",
+        f"  {orphan.name}: left by a write that was killed; every partition is whole, but that write "
+        "may be incomplete: re-run it (that removes the file)",
+    ]
+
+
+def test_validate_when_the_orphan_is_a_series_first_partition_then_the_series_is_listed_too(tmp_path, frame):
+    root = tmp_path / "store"
+    Store(root).write(BTC, frame.iloc[:10])
+    eth = SeriesKey.of("binance", "spot", "ETH/USDT", "1m")
+    eth.path(root).mkdir(parents=True)
+    (eth.path(root) / f".2024-01.parquet.{dead_pid()}.tmp").write_bytes(b"half")
+
+    out = cli("validate", f"root={root}", cwd=tmp_path)
+
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[:2] == [
+        "binance/spot/BTCUSDT/1m: ok",
+        "binance/spot/ETHUSDT/1m: 1 orphan temp file(s)",
+    ]
+
+
+def test_coverage_when_a_killed_write_left_a_temp_file_then_shows_it(killed, tmp_path):
+    root, orphan = killed
+
+    table = cli("coverage", f"root={root}", cwd=tmp_path)
+    as_json = cli("coverage", "--json", f"root={root}", cwd=tmp_path)
+
+    assert table.returncode == as_json.returncode == 0
+    assert table.stdout.splitlines()[-2:] == [
+        "1 orphan temp file(s) of killed writes (the partitions are whole, but those writes may be "
+        "incomplete: re-run them, which removes the files):",
+        f"  binance/spot/BTCUSDT/1m/{orphan.name}",
+    ]
+    (item,) = json.loads(as_json.stdout)
+    assert item["orphan_temp_files"] == [orphan.name]
+    assert as_json.stderr.strip() == (
+        f"warning: 1 orphan temp file(s) of killed writes under {root}; python -m data validate lists them"
+    )
+
+
+def test_rerun_of_the_import_when_a_temp_file_was_left_then_finishes_and_removes_it(killed, tmp_path, frame):
+    root, orphan = killed
+    frame.iloc[:3_000].to_csv(tmp_path / "bars.csv", index=False)
+
+    out = cli("import", f"path={tmp_path / 'bars.csv'}", f"root={root}", cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("; removed 1 orphan temp file(s) of a killed write")
+    assert not orphan.exists()
+    assert len(Store(root).read(BTC)) == 3_000
+    assert cli("validate", f"root={root}", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "command, words, target",
+    [
+        ("synth", ["bars=100"], SeriesKey.of("synthetic", "spot", "SYN/USDT", "1m")),
+        ("resample", ["to=5m"], SeriesKey.of("binance", "spot", "BTC/USDT", "5m")),
+        ("bars", ["timeframe=1s"], SeriesKey.of("binance", "spot", "BTC/USDT", "1s")),
+    ],
+)
+def test_other_writes_when_their_series_has_a_temp_file_then_remove_it(
+    killed, tmp_path, command, words, target
+):
+    root, other = killed
+    trades = SeriesKey.of("binance", "spot", "BTC/USDT", "trades")
+    t0 = 1_704_067_200_000
+    Store(root).write(
+        trades,
+        pd.DataFrame({"ts": t0 + np.arange(5) * 1_000, "price": 100.0, "qty": 1.0, "is_buyer_maker": False}),
+    )
+    target.path(root).mkdir(parents=True, exist_ok=True)
+    orphan = target.path(root) / f".2024-01.parquet.{dead_pid()}.tmp"
+    orphan.write_bytes(b"half a partition")
+
+    out = cli(command, *words, f"root={root}", cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("; removed 1 orphan temp file(s) of a killed write")
+    assert not orphan.exists()
+    # another series' leftover is the trace of another write that may be incomplete: it stays
+    assert other.exists()
