@@ -249,10 +249,15 @@ def cmd_download(a: DownloadArgs) -> int:
     if a.market == "futures" and a.funding is not False:
         results.append(download_funding(store, a.exchange, a.market, a.symbol, start, end, **common))
     for r in results:
-        span = f"{iso(r.first_ts)} -> {iso(r.last_ts)}" if r.last_ts is not None else "empty"
-        print(
-            f"{r.key}: +{r.rows_added:,} rows, stored {span} ({r.requests} requests){removed(store, r.key)}"
-        )
+        first, last = store.first_ts(r.key), store.last_ts(r.key)
+        stored = f"stored {iso(first)} -> {iso(last)}" if first is not None else "nothing stored"
+        if r.rows_added:
+            got = f"+{r.rows_added:,} rows {iso(r.first_ts)} -> {iso(r.last_ts)}; {stored}"
+        elif first is not None:
+            got = f"up to date, {stored}"
+        else:  # funding only: a download of bars refuses to end with nothing
+            got = f"no {r.key.timeframe} rows from {iso(start)} on; {stored}"
+        print(f"{r.key}: {got} ({r.requests} requests){removed(store, r.key)}")
     return 0
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data.errors import DataError, DownloadError
 from data.exchange import check_symbol, check_timeframe, load_markets, make_exchange, read
-from data.schema import FUNDING, HOUR_MS, iso, parse_time, timeframe_ms
+from data.schema import FUNDING, HOUR_MS, iso, parse_time, timeframe_ms, timeframe_origin
 from data.store import SeriesKey, Store
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,16 @@ def download_ohlcv(
         sym, server_now = session.open(symbol)
         # ts + bar_ms <= server_now  <=>  ts < server_now - bar_ms + 1
         closed = server_now - bar_ms + 1
-        ranges = _ranges(store, key, start_ms, closed if end_ms is None else min(end_ms, closed), bar_ms)
+        origin = timeframe_origin(timeframe)
+        latest_closed = (closed - 1 - origin) // bar_ms * bar_ms + origin
+        if start_ms > latest_closed:
+            raise DownloadError(
+                f"start {iso(start_ms)} is after the latest closed {timeframe} bar of {exchange} {symbol} "
+                f"({iso(latest_closed)}); choose start= on or before it"
+            )
+        stop = closed if end_ms is None else min(end_ms, closed)
+        ranges = _ranges(store, key, start_ms, stop, bar_ms)
+        latest_seen: int | None = None
         total = sum(-(-(b - a) // bar_ms) for a, b in ranges)
         with (
             _Writer(store, key, ("ts", "open", "high", "low", "close", "volume"), on_conflict) as writer,
@@ -282,12 +291,24 @@ def download_ohlcv(
                                 lambda: _ohlcv_rows(ex, ex.fetch_ohlcv(sym, timeframe, limit=1)),
                                 f"fetch_ohlcv {sym} {timeframe} latest",
                             )
-                            latest = int(probe[-1][0]) if probe else -1
+                            latest = latest_seen = int(probe[-1][0]) if probe else -1
                         if latest < since:
                             break
                         nxt = since + page * bar_ms
                     bar.update(max(0, (min(nxt, hi) - since) // bar_ms))
                     since = nxt
+    if ranges and writer.first_ts is None and not len(store.read_arrays(key, start_ms, stop, ["ts"])["ts"]):
+        # asked for something and nothing is there: say why instead of "+0 rows"
+        if latest_seen is not None and latest_seen < start_ms:
+            has = f"is {iso(latest_seen)}" if latest_seen >= 0 else "does not exist"
+            raise DownloadError(
+                f"start {iso(start_ms)} is after the latest {timeframe} bar {exchange} has for {symbol}, "
+                f"which {has}; choose start= on or before it"
+            )
+        raise DownloadError(
+            f"{exchange} has no {timeframe} bars of {symbol} in [{iso(start_ms)}, {iso(stop)}); nothing "
+            "stored. The symbol may have been listed later: choose a later start= or end="
+        )
     return DownloadResult(key, writer.rows_added, writer.first_ts, writer.last_ts, session.requests)
 
 
@@ -364,6 +385,11 @@ def download_funding(
         key = SeriesKey.of(exchange, market, symbol, FUNDING)
         page = _FUNDING_LIMIT.get(ex.id, _DEFAULT_FUNDING_LIMIT)
         sym, server_now = session.open(symbol)
+        if start_ms > server_now:
+            raise DownloadError(
+                f"start {iso(start_ms)} is after the exchange's clock ({iso(server_now)}); no funding "
+                "event can be that late yet: choose an earlier start="
+            )
         stop = server_now + 1 if end_ms is None else min(end_ms, server_now + 1)
         # stored ts are whole seconds, so the next event is at least one second later
         ranges = _ranges(store, key, start_ms, stop, 1000)

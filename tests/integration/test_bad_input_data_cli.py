@@ -445,6 +445,29 @@ def download(exchange: LoopbackExchange, root: Path, *words: str) -> list[str]:
     return data("download", f"api_url={exchange.url}", "retries=0", "progress=false", f"root={root}", *words)
 
 
+def test_download_starting_after_the_latest_closed_bar_then_names_that_bar(tmp_path, exchange, frame):
+    root = tmp_path / "store"
+    last = iso(int(frame.ts.iloc[-1]))
+    refuses(
+        download(exchange, root, "start=2024-01-05"),
+        tmp_path,
+        [],
+        f"start 2024-01-05T00:00:00Z is after the latest closed 1m bar of binance BTC/USDT ({last})",
+    )
+    assert not root.exists()
+
+
+def test_download_of_a_range_before_the_exchanges_first_bar_then_says_nothing_was_there(tmp_path, exchange):
+    root = tmp_path / "store"
+    refuses(
+        download(exchange, root, "start=2023-12-01", "end=2023-12-02"),
+        tmp_path,
+        [],
+        "binance has no 1m bars of BTC/USDT in [2023-12-01T00:00:00Z, 2023-12-02T00:00:00Z); nothing stored",
+    )
+    assert not root.exists()
+
+
 def test_download_of_funding_on_spot_then_refused_as_conflicting(tmp_path, exchange):
     refuses(
         download(exchange, tmp_path / "store", "market=spot", "funding=true", "start=2024-01-01"),

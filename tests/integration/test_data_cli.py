@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data.loopback import LoopbackExchange
+from data.schema import iso
 from data.store import SeriesKey, Store
 from data.synthetic import SyntheticConfig, generate
 from tests.refusals import ROOT as PROJECT
@@ -65,6 +67,32 @@ def test_import_summary_when_nothing_needed_fixing_then_says_zero_of_each(tmp_pa
     assert out.stdout.rstrip().endswith(
         "; read 100 rows from 1 file(s), sorted 0 out-of-order row(s), dropped 0 exact duplicate row(s)"
     )
+
+
+# -- download ------------------------------------------------------------------------------
+
+
+def test_download_summary_then_a_rerun_with_nothing_new_says_up_to_date(tmp_path, frame):
+    root = tmp_path / "store"
+    first, last = iso(int(frame.ts.iloc[0])), iso(int(frame.ts.iloc[-1]))
+    with LoopbackExchange(spot={"BTCUSDT": {"1m": frame}}, max_seconds=60) as ex:
+        words = ["download", f"api_url={ex.url}", "retries=0", "progress=false", f"root={root}"]
+        fetched = cli(*words, "start=2024-01-01", "end=2024-01-02", cwd=tmp_path)
+        resumed = cli(*words, "start=2024-01-01", cwd=tmp_path)
+        again = cli(*words, "start=2024-01-01", cwd=tmp_path)
+
+    assert fetched.returncode == resumed.returncode == again.returncode == 0, again.stderr
+    assert fetched.stdout.splitlines() == [
+        "binance/spot/BTCUSDT/1m: +1,440 rows 2024-01-01T00:00:00Z -> 2024-01-01T23:59:00Z; "
+        "stored 2024-01-01T00:00:00Z -> 2024-01-01T23:59:00Z (2 requests)"
+    ]
+    assert resumed.stdout.splitlines() == [
+        f"binance/spot/BTCUSDT/1m: +1,560 rows 2024-01-02T00:00:00Z -> {last}; "
+        f"stored {first} -> {last} (2 requests)"
+    ]
+    assert again.stdout.splitlines() == [
+        f"binance/spot/BTCUSDT/1m: up to date, stored {first} -> {last} (0 requests)"
+    ]
 
 
 # -- a write killed half way ---------------------------------------------------------------

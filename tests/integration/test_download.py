@@ -450,3 +450,44 @@ def test_funding_rates_and_mark_prices_equal_the_source_with_ts_rounded_to_secon
 def test_funding_on_the_spot_market_is_refused(tmp_path):
     with pytest.raises(ValueError, match="funding rates exist only for perpetual futures"):
         download_funding(Store(tmp_path), "binance", "spot", "BTC/USDT", 0)
+
+
+# -- nothing to download -----------------------------------------------------------------------
+
+
+def synthetic_1m(n: int) -> pd.DataFrame:
+    from data.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig(seed=3, bars=n))[0]  # from 2024-01-01T00:00Z
+
+
+def test_a_start_after_the_latest_closed_bar_is_refused_naming_that_bar(tmp_path):
+    src = synthetic_1m(600)
+    store = Store(tmp_path)
+    latest = r"latest closed 1m bar of binance BTC/USDT \(2024-01-01T09:59:00Z\)"
+    with LoopbackExchange(spot={"BTCUSDT": {"1m": src}}, max_seconds=60) as ex:
+        with pytest.raises(DownloadError, match=latest):
+            download(store, ex, parse_time("2024-01-01T10:00"))
+        assert kline_starts(ex) == []
+    assert store.partitions(SPOT_KEY) == []
+
+
+def test_a_start_after_the_last_bar_of_a_symbol_that_stopped_trading_names_its_last_bar(tmp_path):
+    src = synthetic_1m(600)
+    # the exchange's clock runs on a day past the symbol's last bar (a delisting)
+    now = int(src.ts.iloc[-1]) + 24 * 60 * MINUTE_MS
+    last = "after the latest 1m bar binance has for BTC/USDT, which is 2024-01-01T09:59:00Z"
+    with (
+        LoopbackExchange(spot={"BTCUSDT": {"1m": src}}, now_ms=now, max_seconds=60) as ex,
+        pytest.raises(DownloadError, match=last),
+    ):
+        download(Store(tmp_path), ex, parse_time("2024-01-01T12:00"))
+
+
+def test_a_resume_with_nothing_new_sends_nothing_and_raises_nothing(tmp_path):
+    src = synthetic_1m(600)
+    store = Store(tmp_path)
+    with LoopbackExchange(spot={"BTCUSDT": {"1m": src}}, max_seconds=60) as ex:
+        first = download(store, ex, int(src.ts.iloc[0]))
+        again = download(store, ex, int(src.ts.iloc[0]))
+    assert (first.rows_added, again.rows_added, again.requests) == (600, 0, 0)
