@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data.config import closest, unknown_key
 from data.errors import DataError, ValidationError
-from data.schema import FUNDING, TRADES, iso, parse_bar_spec, parse_time, timeframe_ms
+from data.schema import FUNDING, TRADES, ccxt_symbol, iso, parse_bar_spec, parse_time, timeframe_ms
 from data.store import ON_CONFLICT, SeriesKey, Store
 
 EXIT_USAGE = 2
@@ -224,6 +224,11 @@ class DownloadArgs(SeriesArgs):
                 f"trades, then python -m data bars timeframe={self.timeframe}"
             )
         super().__post_init__()
+        ccxt_symbol(self.symbol, self.market)  # the exchange is asked for BTC/USDT, not BTCUSDT
+        if not str(self.start).strip():
+            raise UsageError(
+                "start= is empty; give the first bar (an ISO date such as 2024-01-01 or epoch ms)"
+            )
         time_range(self.start, self.end)
         if self.funding and self.market != "futures":
             raise UsageError(
@@ -270,6 +275,11 @@ class ImportArgs(SeriesArgs):
     def __post_init__(self) -> None:
         super().__post_init__()
         choice("on_conflict", self.on_conflict, ON_CONFLICT)
+        if self.timeframe == FUNDING and self.market != "futures":
+            raise UsageError(
+                f"timeframe=funding needs market=futures (funding rates exist for perpetual futures "
+                f"only), not market={self.market}"
+            )
         if not self.path:
             raise UsageError("give the files to import with path=FILE (archives .zip, .csv or .parquet)")
 
@@ -383,6 +393,11 @@ class ResampleArgs(SeriesArgs):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.timeframe in (FUNDING, TRADES) or not parse_bar_spec(self.timeframe).is_time:
+            raise UsageError(
+                f"resample builds time bars from time bars; timeframe={self.timeframe} is not a time bar "
+                "(bars from trades: python -m data bars)"
+            )
         timeframe_ms(self.to)
         if self.to == self.timeframe:
             raise UsageError(

@@ -61,6 +61,8 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         timeframe_ms(self.timeframe)
         parse_time(self.start, "start")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}")
         if self.bars < 2:
             raise ValueError(f"bars must be at least 2, got {self.bars}")
         for name in ("annual_vol", "price0", "tick", "volume_mean"):

@@ -214,6 +214,10 @@ def test_coverage_with_a_negative_gap_count_then_refused(root, tmp_path):
     refuses(data("coverage", "largest=-1", f"root={root}"), tmp_path, [], "largest=-1 must be 0 or more")
 
 
+def test_synth_with_a_negative_seed_then_names_the_key(root, tmp_path):
+    refuses(data("synth", "seed=-1", f"root={root}"), tmp_path, [], "seed must be 0 or more, got -1")
+
+
 # -- the store root ------------------------------------------------------------------------
 
 
@@ -329,6 +333,15 @@ def test_bars_of_volume_zero_then_refused(root, tmp_path):
     )
 
 
+def test_resample_of_volume_bars_then_says_only_time_bars_resample(root, tmp_path):
+    refuses(
+        data("resample", *SYN_ARGS, "timeframe=volume-10", "to=1h", f"root={root}"),
+        tmp_path,
+        [],
+        "resample builds time bars from time bars; timeframe=volume-10 is not a time bar",
+    )
+
+
 # -- import --------------------------------------------------------------------------------
 
 
@@ -438,6 +451,17 @@ def test_import_with_on_conflict_overwrite_then_refused_before_reading(root, tmp
     )
 
 
+def test_import_of_funding_on_spot_then_refused_as_conflicting(root, tmp_path):
+    path = tmp_path / "funding.csv"
+    path.write_text("fundingTime,fundingRate\n1701388800000,0.0001\n")
+    refuses(
+        data("import", f"path={path}", "timeframe=funding", "market=spot", f"root={root}"),
+        tmp_path,
+        [path],
+        "timeframe=funding needs market=futures",
+    )
+
+
 # -- download ------------------------------------------------------------------------------
 
 
@@ -542,3 +566,20 @@ def test_refused_import_when_a_killed_write_left_a_temp_file_then_the_temp_file_
         data("import", f"path={tmp_path / 'missing.csv'}", f"root={root}"), tmp_path, [], "does not exist"
     )
     assert orphan.exists()
+
+
+def test_download_of_a_symbol_without_its_slash_then_shows_the_ccxt_form(tmp_path, exchange):
+    asked = len(exchange.requests)
+    refuses(
+        download(exchange, tmp_path / "store", "symbol=BTCUSDT", "start=2024-01-01"),
+        tmp_path,
+        [],
+        "symbol 'BTCUSDT' must be given in ccxt form with a slash, e.g. 'BTC/USDT'",
+    )
+    assert len(exchange.requests) == asked
+
+
+def test_download_with_an_empty_start_then_asks_for_the_first_bar(tmp_path, exchange):
+    refuses(
+        download(exchange, tmp_path / "store", "start="), tmp_path, [], "start= is empty; give the first bar"
+    )
