@@ -65,7 +65,7 @@ def check_command_line(
             continue
         group = conf / name
         if "/" in name or (group.is_dir() and "." not in name):
-            _check_group(conf, name, o.value() if not o.is_sweep_override() else None, o.is_delete())
+            _check_group(conf, schema, name, o.value() if not o.is_sweep_override() else None, o.is_delete())
         else:
             check_path(schema, name)
     if not multirun:
@@ -88,13 +88,16 @@ def check_command_line(
     return output
 
 
-def _check_group(conf: Path, name: str, value: object, delete: bool) -> None:
+def _check_group(conf: Path, schema: type, name: str, value: object, delete: bool) -> None:
     group = conf / name
     if not group.is_dir():
         groups = sorted(p.relative_to(conf).as_posix() for p in conf.rglob("*") if p.is_dir())
         near = closest(name, groups)
         hint = f"; did you mean {' or '.join(near)}?" if near else ";"
         raise ConfigError(f"no config group {name}{hint} the groups are {', '.join(groups)}")
+    target = _package(group)
+    if target != "_global_":  # the group fills a section, which this entry point must have
+        check_path(schema, target)
     if delete or not isinstance(value, str):
         return
     options = sorted(p.stem for p in group.glob("*.yaml"))
@@ -103,6 +106,16 @@ def _check_group(conf: Path, name: str, value: object, delete: bool) -> None:
         hint = f"; did you mean {name}={' or '.join(near)}?" if near else ";"
         listed = ", ".join(options)
         raise ConfigError(f"{name}={value} is not a file of conf/{name}{hint} choose one of {listed}")
+
+
+def _package(group: Path) -> str:
+    """Where a group's files go: their ``# @package`` header (``env``, ``_global_``), else the
+    group's own name."""
+    for file in sorted(group.glob("*.yaml"))[:1]:
+        for line in file.read_text().splitlines()[:3]:
+            if line.startswith("# @package "):
+                return line.split()[2]
+    return group.name
 
 
 def _compose_and_check(

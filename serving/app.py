@@ -13,6 +13,7 @@ from typing import Any
 
 from agents.baselines import BASELINES, make_baseline
 from agents.bundle import BundleError, bundle_identity, config_hash, load_policy, read_spec
+from data.config import closest
 from data.errors import DownloadError
 from data.exchange import check_symbol, check_timeframe, load_markets, make_exchange
 from data.schema import file_symbol
@@ -37,8 +38,15 @@ class ServeError(ValueError):
 
 def _bundle(cfg: ServeConfig) -> Path:
     if cfg.policy:
+        if not Path(cfg.policy).exists():
+            near = closest(cfg.policy, BASELINES)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ServeError(f"policy={cfg.policy} is neither a bundle folder nor a baseline; {hint}the "
+                             f"baselines are {', '.join(BASELINES)}")  # fmt: skip
         return Path(cfg.policy)
     if cfg.run:
+        if not Path(cfg.run).is_dir():
+            raise ServeError(f"run={cfg.run}: no such folder; give a training run (runs/<experiment>/<time>)")
         return Path(cfg.run) / "policy"
     raise ServeError("give run=runs/<experiment>/<time> (its policy/ is served) or policy=PATH to a bundle")
 
