@@ -4,6 +4,10 @@ Thin Hydra entry point over reports/evaluation.py: a deterministic replay over t
 range (or ``data.start``/``data.end``, or another symbol) next to every baseline with the same
 costs; writes the ledger, fills, metrics and an HTML report, prints a summary table, and prints
 the output folder as the last line: ``eval_dir: ...``.
+
+The command line is checked before Hydra starts (agents/commandline.py) and the composed config
+converted once into :class:`reports.evaluation.EvalCommand`; anything refused stops with one
+``error: ...`` line and exit status 2, having written nothing.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agents.bundle import BundleError
-from reports.evaluation import EvalConfig, EvalData, EvalError, evaluate, summary_table
+from agents.commandline import preflight
+from data.config import ConfigError, build
+from reports.evaluation import EvalCommand, evaluate, summary_table
 
 
-def _overrides() -> tuple[dict[str, str], bool]:
+def _overrides() -> tuple[list[str], bool]:
     """Keys given as ``env.KEY=...`` on the command line, and whether the env or features group was."""
-    keys, group = {}, False
+    keys, group = [], False
     for item in HydraConfig.get().overrides.task:
         key = item.split("=", 1)[0].lstrip("+~")
         if key.startswith("env."):
-            keys[key[4:]] = True
+            keys.append(key[4:])
         elif key in ("env", "features"):
             group = True
     return keys, group
@@ -36,29 +42,14 @@ def _overrides() -> tuple[dict[str, str], bool]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    values = OmegaConf.to_container(cfg, resolve=True)
     given, group = _overrides()
-    env = values.pop("env")
     try:
-        unknown = sorted(set(values) - {"run", "policy", "out", "name", "seed", "baselines", "data"})
-        if unknown:
-            raise EvalError(f"unknown key {unknown[0]}; evaluate.py accepts run, policy, out, name, seed, "
-                            "baselines, data.*, env.*")  # fmt: skip
-        data = EvalData(**values.pop("data"))
-        baselines = tuple(values.pop("baselines") or ())
-        config = EvalConfig(
-            **values,
-            baselines=baselines,
-            data=data,
-            env=env,
-            env_overrides={k: env[k] for k in given if k in env},
-            env_group_chosen=group,
+        command = build(EvalCommand, OmegaConf.to_container(cfg, resolve=True))
+        result = evaluate(
+            command.config(given, group),
+            progress=lambda name: print(f"replaying {name} ...", file=sys.stderr),
         )
-        bad = [k for k in given if k not in env]
-        if bad:
-            raise EvalError(f"unknown key env.{bad[0]}; see conf/env/spot.yaml for the env's keys")
-        result = evaluate(config, progress=lambda name: print(f"replaying {name} ...", file=sys.stderr))
-    except (EvalError, BundleError, TypeError) as exc:
+    except (ConfigError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(summary_table(result.metrics))
@@ -74,4 +65,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight(Path(__file__).resolve().parent / "conf", "evaluate", EvalCommand)
     main()

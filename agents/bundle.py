@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 import subprocess
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from data.config import ConfigError, build
 from envs.config import EnvConfig
 
 SPEC_VERSION = 1
@@ -203,9 +206,33 @@ def bundle_dir(path: str | Path) -> Path:
     return path
 
 
+DAMAGED = "the bundle is damaged: copy it again from where it was trained, or retrain it"
+LOAD_ERRORS = (ValueError, AssertionError, KeyError, RuntimeError, EOFError, OSError, zipfile.BadZipFile,
+               pickle.UnpicklingError)  # fmt: skip
+"""What loading weights with damaged bytes raises (stable-baselines3, torch, zipfile, pickle)."""
+
+
 def read_spec(path: str | Path) -> dict[str, Any]:
-    """A bundle's ``spec.json`` (env, features, market, ...) without loading its weights."""
-    return json.loads((bundle_dir(path) / "spec.json").read_text())
+    """A bundle's ``spec.json`` (env, features, market, ...) without loading its weights; one that
+    is not JSON, lacks a field a policy is driven by, or names an env that cannot be (an unknown
+    feature, say) is a :class:`BundleError` naming the file."""
+    file = bundle_dir(path) / "spec.json"
+    text = file.read_text()
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "empty" if not text.strip() else f"not valid JSON ({exc})"
+        raise BundleError(f"{file} is {what}; {DAMAGED}") from None
+    if not isinstance(spec, dict):
+        raise BundleError(f"{file} is not a bundle spec (a JSON object); {DAMAGED}")
+    missing = [k for k in (*MATCHING_FIELDS, "env") if k not in spec]
+    if missing:
+        raise BundleError(f"{file} lacks {', '.join(missing)}: {DAMAGED}")
+    try:
+        build(EnvConfig, spec["env"], "env.")
+    except ConfigError as exc:
+        raise BundleError(f"{file}: {exc}") from None
+    return spec
 
 
 def load_policy(path: str | Path, env: Any = None) -> Policy:
@@ -216,14 +243,23 @@ def load_policy(path: str | Path, env: Any = None) -> Policy:
     path = bundle_dir(path)
     spec = read_spec(path)
     weights = path / _weights_name(spec)
-    if spec.get("backend") == "rllib":
-        from agents.rllib import RLlibModel
+    if not weights.exists():
+        raise BundleError(
+            f"{path} has no {weights.name} (the policy's weights): the bundle is incomplete; copy it again "
+            "from where it was trained, or retrain it"
+        )
+    try:
+        if spec.get("backend") == "rllib":
+            from agents.rllib import RLlibModel
 
-        model = RLlibModel.load(weights, _space(spec["action_space"]))
-    else:
-        from agents.algorithms import algorithm_class
+            model = RLlibModel.load(weights, _space(spec["action_space"]))
+        else:
+            from agents.algorithms import algorithm_class
 
-        model = algorithm_class(spec["algo"]).load(weights, device="cpu")
+            model = algorithm_class(spec["algo"]).load(weights, device="cpu")
+    except LOAD_ERRORS as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BundleError(f"{weights} cannot be loaded ({why}); {DAMAGED}") from exc
     policy = Policy(model, spec, path)
     if env is not None:
         policy.check_env(env)

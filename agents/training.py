@@ -12,8 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pandas as pd
 
 from agents.algorithms import build_model
 from agents.baselines import BuyAndHold
-from agents.bundle import env_spec, save_bundle
+from agents.bundle import LOAD_ERRORS, env_spec, save_bundle
 from agents.config import ConfigError, DataConfig, TrainConfig
 from data.errors import DataError, DownloadError
 from data.loader import load_bars, load_funding
@@ -319,8 +317,7 @@ def load_checkpoint(cfg: TrainConfig, venv: Any, device: str, tensorboard_log: s
     algo = algorithm_class(cfg.agent.algo)
     try:
         return algo.load(cfg.resume, env=venv, device=device, tensorboard_log=tensorboard_log)
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, EOFError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as exc:  # fmt: skip
+    except (*LOAD_ERRORS, TypeError, AttributeError) as exc:  # damaged, or another algorithm's
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"resume={cfg.resume} cannot be loaded as a {cfg.agent.algo} checkpoint for this env ({why}); "

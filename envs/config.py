@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -194,3 +195,16 @@ class EnvConfig:
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+EnvKeys = dataclasses.make_dataclass(
+    "EnvKeys",
+    [(f.name, hint | None, dataclasses.field(default=None)) for f, hint in
+     ((f, typing.get_type_hints(EnvConfig)[f.name]) for f in dataclasses.fields(EnvConfig))],
+    frozen=True,
+)  # fmt: skip
+EnvKeys.__module__ = __name__
+EnvKeys.__doc__ = """Every key of :class:`EnvConfig`, each of its type or ``None`` (not given), none
+checked against the others: the ``env.KEY=VALUE`` part of a command line that changes an env it
+does not know yet (``evaluate.py run=...``: the bundle's own). The env it changes becomes an
+:class:`EnvConfig` once they are laid over it, and is checked then."""

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,18 @@ import pandas as pd
 
 from agents.baselines import BASELINES, make_baseline
 from agents.bundle import BundleError, load_policy
+from agents.config import config_time
+from data.config import ConfigError, build, closest
 from data.errors import DataError
 from data.loader import load_bars, load_funding
-from data.schema import file_symbol, iso, parse_time, timeframe_ms
-from envs.config import EnvConfig
+from data.schema import MARKETS, TIMEFRAMES, file_symbol, iso, timeframe_ms
+from envs.config import EnvConfig, EnvKeys
 from envs.vector import BatchedMarketReplayEnv
 from reports import metrics
 from reports.replay import ReplayError, fills, ledger, replay, replay_metrics, round_trips
 
 
-class EvalError(ValueError):
+class EvalError(ConfigError):
     """An evaluation that cannot run as asked. Policy: stop before writing, naming the fix."""
 
 
@@ -55,6 +58,21 @@ class EvalData:
     start: str | None = None
     end: str | None = None
     root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.market is not None and self.market not in MARKETS:
+            raise EvalError(
+                f"data.market={self.market!r} is not supported; choose one of {', '.join(MARKETS)} "
+                "(futures trades on a perp account)"
+            )
+        if self.timeframe is not None and self.timeframe not in TIMEFRAMES:
+            raise EvalError(
+                f"data.timeframe={self.timeframe!r} is not supported; choose one of {', '.join(TIMEFRAMES)}"
+            )
+        start = None if self.start is None else config_time("data.start", self.start)
+        end = None if self.end is None else config_time("data.end", self.end)
+        if start is not None and end is not None and start >= end:
+            raise EvalError(f"data.start={self.start} must be before data.end={self.end}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,46 @@ class EvalConfig:
     env: dict[str, Any] = field(default_factory=dict)
     env_overrides: dict[str, Any] = field(default_factory=dict)
     env_group_chosen: bool = False
+
+
+@dataclass(frozen=True)
+class EvalCommand:
+    """``conf/evaluate.yaml``, typed: what ``evaluate.py`` converts its composed config into
+    (:func:`data.config.build`), so that an unknown key or a value of the wrong type stops it with
+    the key's name. ``env`` holds the env and features groups' keys, each typed; the env they make
+    is checked in :func:`plan`, once laid over the bundle's (or, for a baseline, as it is)."""
+
+    run: str | None = None
+    policy: str | None = None
+    out: str | None = None
+    name: str | None = None
+    seed: int = 0
+    baselines: tuple[str, ...] = BASELINES
+    data: EvalData = field(default_factory=EvalData)
+    env: EnvKeys = field(default_factory=EnvKeys)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise EvalError(f"seed={self.seed} must be a whole number >= 0")
+        for name in self.baselines:
+            if name not in BASELINES:
+                near = closest(name, BASELINES)
+                hint = f" did you mean {' or '.join(near)}?" if near else ""
+                raise EvalError(
+                    f"baselines: {name} is not a baseline;{hint} choose from {', '.join(BASELINES)}"
+                )
+
+    def config(self, given: Iterable[str], group_chosen: bool) -> EvalConfig:
+        """The evaluation: ``given`` are the env keys named on the command line (they override a
+        bundle's env), ``group_chosen`` whether the env or features group was."""
+        env = {f.name: getattr(self.env, f.name) for f in dataclasses.fields(self.env)}
+        return EvalConfig(
+            run=self.run, policy=self.policy, out=self.out, name=self.name, seed=self.seed,
+            baselines=self.baselines, data=self.data,
+            env={k: v for k, v in env.items() if v is not None},
+            env_overrides={k: env[k] for k in given},
+            env_group_chosen=group_chosen,
+        )  # fmt: skip
 
 
 @dataclass
@@ -94,24 +152,43 @@ class Plan:
 
 
 def _bundle_path(cfg: EvalConfig) -> Path | None:
+    if cfg.run and not Path(cfg.run).is_dir():
+        what = "is not a folder" if Path(cfg.run).exists() else "does not exist"
+        raise EvalError(f"run={cfg.run} {what}; give a training run's folder (runs/<experiment>/<time>)")
     if cfg.policy and cfg.policy in BASELINES:
         return None
     if cfg.policy:
         path = Path(cfg.policy)
+        if not path.exists():
+            if "/" not in cfg.policy:
+                raise EvalError(
+                    f"policy={cfg.policy} is neither a bundle path nor a baseline ({', '.join(BASELINES)})"
+                )
+            raise EvalError(
+                f"policy={cfg.policy} does not exist; give a bundle folder (a run's policy/) or a baseline: "
+                f"{', '.join(BASELINES)}"
+            )
     elif cfg.run:
         path = Path(cfg.run) / "policy"
     else:
         raise EvalError("give run=runs/<experiment>/<time>, or policy=PATH (a bundle) or a baseline name")
     if not (path / "spec.json").exists() and not (path / "policy" / "spec.json").exists():
-        if cfg.policy and not Path(cfg.policy).exists() and "/" not in cfg.policy:
-            raise EvalError(
-                f"policy={cfg.policy} is neither a bundle path nor a baseline ({', '.join(BASELINES)})"
-            )
+        if cfg.policy:
+            raise EvalError(f"policy={cfg.policy} holds no policy bundle (spec.json); give a run's policy/")
         raise EvalError(
-            f"{path} holds no policy bundle (policy/spec.json): the run did not finish; train it to the "
-            "end or pass policy=PATH to a bundle"
+            f"run={cfg.run} holds no policy bundle (policy/spec.json): the run did not finish; train it to "
+            "the end or pass policy=PATH to a bundle"
         )
     return path
+
+
+def _check_out(out: Path, given: str | None) -> None:
+    """Refuse to replace anything but an earlier evaluation: the folder is replaced whole."""
+    if out.exists() and not (out.is_dir() and (out / "metrics.json").is_file()):
+        raise EvalError(
+            f"out={given or out} exists and is not an evaluation folder (no metrics.json); it would be "
+            "replaced: choose another out="
+        )
 
 
 def plan(cfg: EvalConfig) -> Plan:
@@ -154,15 +231,13 @@ def plan(cfg: EvalConfig) -> Plan:
         label = cfg.policy
         policy = None  # made per replay, seeded
         run = Path(cfg.run) if cfg.run else Path("evals")
-    try:
-        env_cfg = EnvConfig.from_kwargs(env_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise EvalError(f"env: {exc}") from exc
-    t0, t1 = parse_time(start), parse_time(end)
+    env_cfg = build(EnvConfig, env_kwargs, "env.")
+    t0, t1 = config_time("data.start", start), config_time("data.end", end)
     if t0 >= t1:
         raise EvalError(f"data.start={start} must be before data.end={end}")
     name = cfg.name or f"{label}_{file_symbol(symbol)}_{timeframe}_{iso(t0)[:10]}_{iso(t1)[:10]}"
     out = Path(cfg.out) if cfg.out else run / "eval" / name
+    _check_out(out, cfg.out)
     return Plan(label, policy, spec, dataclasses.asdict(env_cfg), exchange, market, symbol, timeframe,
                 t0, t1, d.root, out)  # fmt: skip
 
@@ -337,6 +412,7 @@ def _write(
 ) -> None:
     from reports.html import render
 
+    made = [d for d in (p.out.parent, *p.out.parent.parents) if not d.exists()]
     p.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.out.parent / f".{p.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -359,6 +435,9 @@ def _write(
         tmp.rename(p.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # innermost first: the folders made for this output, if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
 
 
