@@ -34,7 +34,7 @@ class UsageError(ValueError):
     """A command line that cannot be run. Policy: print it on one line and exit 2, before any work."""
 
 
-def _help(text: str, default=dataclasses.MISSING, *, secret: bool = False):
+def arg(text: str, default=dataclasses.MISSING, *, secret: bool = False):
     """A field with its ``--help`` text; ``secret`` fields never have their value shown in an error."""
     metadata = {"help": text, "secret": secret}
     if default is dataclasses.MISSING:
@@ -179,11 +179,11 @@ def removed(store: Store, *keys: SeriesKey) -> str:
 
 @dataclass(frozen=True)
 class SeriesArgs:
-    exchange: str = _help("ccxt exchange id, or 'synthetic'", "binance")
-    market: str = _help("spot, or futures (linear USD-M perpetual)", "spot")
-    symbol: str = _help("symbol in ccxt form, e.g. BTC/USDT", "BTC/USDT")
-    timeframe: str = _help("1m, 5m, 1h, ... ; volume-N / dollar-N; funding; trades", "1m")
-    root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
+    exchange: str = arg("ccxt exchange id, or 'synthetic'", "binance")
+    market: str = arg("spot, or futures (linear USD-M perpetual)", "spot")
+    symbol: str = arg("symbol in ccxt form, e.g. BTC/USDT", "BTC/USDT")
+    timeframe: str = arg("1m, 5m, 1h, ... ; volume-N / dollar-N; funding; trades", "1m")
+    root: str | None = arg("store root (default: $KLINEGYM_DATA or ./data/store)", None)
 
     def __post_init__(self) -> None:
         self.key()  # exchange, market, symbol and timeframe, each with its own message
@@ -194,14 +194,14 @@ class SeriesArgs:
 
 @dataclass(frozen=True)
 class DownloadArgs(SeriesArgs):
-    start: str = _help("first bar, ISO date/time (UTC) or epoch ms", "2024-01-01")
-    end: str | None = _help("end (exclusive); default: the last closed bar", None)
-    funding: bool | None = _help("also download the funding-rate history (default: true on futures)", None)
-    api_url: str | None = _help("rewrite the exchange's API base URL (testnet, mirror, tests)", None)
-    limit: int | None = _help("bars per request (default: the exchange's maximum)", None)
-    retries: int = _help("retries of a transient error before giving up", 5)
-    timeout_ms: int = _help("HTTP timeout per request", 10_000)
-    progress: bool = _help("show a progress bar", True)
+    start: str = arg("first bar, ISO date/time (UTC) or epoch ms", "2024-01-01")
+    end: str | None = arg("end (exclusive); default: the last closed bar", None)
+    funding: bool | None = arg("also download the funding-rate history (default: true on futures)", None)
+    api_url: str | None = arg("rewrite the exchange's API base URL (testnet, mirror, tests)", None)
+    limit: int | None = arg("bars per request (default: the exchange's maximum)", None)
+    retries: int = arg("retries of a transient error before giving up", 5)
+    timeout_ms: int = arg("HTTP timeout per request", 10_000)
+    progress: bool = arg("show a progress bar", True)
 
     def __post_init__(self) -> None:
         if self.exchange.strip().lower() == "synthetic":
@@ -268,9 +268,9 @@ def cmd_download(a: DownloadArgs) -> int:
 
 @dataclass(frozen=True)
 class ImportArgs(SeriesArgs):
-    path: tuple[str, ...] = _help("file(s), folder(s) or glob(s); repeat path= or separate with commas", ())
-    on_conflict: str = _help("rows already stored with other values: error, keep or replace", "error")
-    progress: bool = _help("show a progress bar", True)
+    path: tuple[str, ...] = arg("file(s), folder(s) or glob(s); repeat path= or separate with commas", ())
+    on_conflict: str = arg("rows already stored with other values: error, keep or replace", "error")
+    progress: bool = arg("show a progress bar", True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -300,9 +300,9 @@ def cmd_import(a: ImportArgs) -> int:
 
 @dataclass(frozen=True)
 class CoverageArgs:
-    root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
-    json: bool = _help("print JSON for scripts (also: --json)", False)
-    largest: int = _help("gaps listed per series in the table", 3)
+    root: str | None = arg("store root (default: $KLINEGYM_DATA or ./data/store)", None)
+    json: bool = arg("print JSON for scripts (also: --json)", False)
+    largest: int = arg("gaps listed per series in the table", 3)
 
     def __post_init__(self) -> None:
         at_least("largest", self.largest, 0)
@@ -329,8 +329,8 @@ def cmd_coverage(a: CoverageArgs) -> int:
 
 @dataclass(frozen=True)
 class ValidateArgs:
-    root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
-    series: str | None = _help("one series as exchange/market/SYMBOL/timeframe (default: all)", None)
+    root: str | None = arg("store root (default: $KLINEGYM_DATA or ./data/store)", None)
+    series: str | None = arg("one series as exchange/market/SYMBOL/timeframe (default: all)", None)
 
     def __post_init__(self) -> None:
         self.key()
@@ -386,10 +386,10 @@ def cmd_validate(a: ValidateArgs) -> int:
 
 @dataclass(frozen=True)
 class ResampleArgs(SeriesArgs):
-    to: str = _help("target timeframe, a whole multiple of timeframe=", "5m")
-    partial: bool = _help("keep buckets with missing bars (default: drop them)", False)
-    start: str | None = _help("first bar (ISO or ms)", None)
-    end: str | None = _help("end, exclusive (ISO or ms)", None)
+    to: str = arg("target timeframe, a whole multiple of timeframe=", "5m")
+    partial: bool = arg("keep buckets with missing bars (default: drop them)", False)
+    start: str | None = arg("first bar (ISO or ms)", None)
+    end: str | None = arg("end, exclusive (ISO or ms)", None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -424,9 +424,9 @@ def cmd_resample(a: ResampleArgs) -> int:
 
 @dataclass(frozen=True)
 class BarsArgs(SeriesArgs):
-    timeframe: str = _help("bars to build: a timeframe (1m), volume-N or dollar-N", "1m")
-    start: str | None = _help("first trade (ISO or ms)", None)
-    end: str | None = _help("end, exclusive (ISO or ms)", None)
+    timeframe: str = arg("bars to build: a timeframe (1m), volume-N or dollar-N", "1m")
+    start: str | None = arg("first trade (ISO or ms)", None)
+    end: str | None = arg("end, exclusive (ISO or ms)", None)
 
     def __post_init__(self) -> None:
         parse_bar_spec(self.timeframe)  # funding and trades are not bars
@@ -447,17 +447,17 @@ def cmd_bars(a: BarsArgs) -> int:
 
 @dataclass(frozen=True)
 class SynthArgs:
-    symbol: str = _help("symbol of the synthetic market", "SYN/USDT")
-    market: str = _help("spot, or futures (also writes funding rates)", "spot")
-    root: str | None = _help("store root (default: $KLINEGYM_DATA or ./data/store)", None)
-    seed: int = _help("random seed; the same seed gives the same bars", 0)
-    start: str = _help("first bar", "2024-01-01")
-    bars: int = _help("number of bars", 200_000)
-    timeframe: str = _help("bar length", "1m")
-    annual_vol: float = _help("long-run annualised volatility", 0.6)
-    ar1: float = _help("planted AR(1) coefficient of returns (0 = none)", 0.1)
-    trend_strength: float = _help("planted slow drift, in per-bar volatilities (0 = none)", 0.1)
-    on_conflict: str = _help("if the series exists with other values: error, keep or replace", "error")
+    symbol: str = arg("symbol of the synthetic market", "SYN/USDT")
+    market: str = arg("spot, or futures (also writes funding rates)", "spot")
+    root: str | None = arg("store root (default: $KLINEGYM_DATA or ./data/store)", None)
+    seed: int = arg("random seed; the same seed gives the same bars", 0)
+    start: str = arg("first bar", "2024-01-01")
+    bars: int = arg("number of bars", 200_000)
+    timeframe: str = arg("bar length", "1m")
+    annual_vol: float = arg("long-run annualised volatility", 0.6)
+    ar1: float = arg("planted AR(1) coefficient of returns (0 = none)", 0.1)
+    trend_strength: float = arg("planted slow drift, in per-bar volatilities (0 = none)", 0.1)
+    on_conflict: str = arg("if the series exists with other values: error, keep or replace", "error")
 
     def __post_init__(self) -> None:
         self.key()

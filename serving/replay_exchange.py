@@ -63,22 +63,28 @@ bundle's own env: ``env=runs/<...>``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from data.cli import UsageError, arg, parse, time_range, usage
 from data.errors import DataError
 from data.loopback import FaultSpec, LoopbackExchange, Request, _num, split_symbol
-from data.schema import TIMEFRAMES, file_symbol, parse_time
+from data.schema import BAR_COLUMNS, TIMEFRAMES, file_symbol, iso, parse_time, timeframe_ms
+from data.store import SeriesKey, resolve_root
+from data.validate import check_bars
 from envs.accounting import liquidation_price
+from envs.market import load_market
 from serving.replay_matching import ERRORS, Book, Matcher, Rejection, make_book, reject
 
 Answer = tuple[int, Any]
@@ -809,11 +815,54 @@ def _error(rejection: Rejection) -> Answer:
 
 # -- CLI ------------------------------------------------------------------------------------
 
-_USAGE = (
-    "python -m serving.replay_exchange [store=DIR | path=BARS.parquet [funding=FUNDING.parquet]] "
-    "exchange=binance market=spot|futures symbol=BTC/USDT timeframe=5m start=2025-03-01 [end=...] "
-    "speed=100 balance=10000 port=0 max_seconds=3600 [env=perp|FILE.yaml|RUN_DIR] [api_key=] [api_secret=]"
-)
+
+@dataclass(frozen=True)
+class ReplayArgs:
+    """The command line of ``python -m serving.replay_exchange`` (``key=value`` words, checked when
+    built; ``--help`` lists them)."""
+
+    exchange: str = arg("exchange of the stored series (the stand-in answers as Binance)", "binance")
+    market: str = arg("spot, or futures (USD-M perpetual)", "futures")
+    symbol: str = arg("symbol in ccxt form, e.g. BTC/USDT", "BTC/USDT")
+    timeframe: str = arg("bar length of the replayed series", "5m")
+    store: str | None = arg(
+        "store root to read the series from (default: $KLINEGYM_DATA or ./data/store)", None
+    )
+    path: str | None = arg("bars from this Parquet file instead of the store", None)
+    funding: str | None = arg("funding rates from this Parquet file (with path= on futures)", None)
+    start: str | None = arg("virtual time starts here, ISO or epoch ms (default: the first bar)", None)
+    end: str | None = arg("bars from here on are left out (exclusive)", None)
+    speed: float = arg("virtual ms per wall ms (1 = real time)", 1.0)
+    balance: float = arg("starting balance in the quote currency", 10_000.0)
+    port: int = arg("port on 127.0.0.1 (0: any free port)", 0)
+    max_seconds: float = arg("stop after this many wall seconds", 3600.0)
+    env: str | None = arg(
+        "cost model: a conf/env group, a YAML file or a run folder (default: perp/spot)", None
+    )
+    api_key: str = arg("the API key the bot must send", "replay-key", secret=True)
+    api_secret: str = arg("the secret the bot must sign with", "replay-secret", secret=True)
+
+    def __post_init__(self) -> None:
+        SeriesKey.of(self.exchange, self.market, self.symbol, self.timeframe)
+        timeframe_ms(self.timeframe)  # a time bar: the clock steps by it
+        split_symbol(file_symbol(self.symbol))  # the balance is in its quote currency
+        time_range(self.start, self.end)
+        for key in ("speed", "balance", "max_seconds"):
+            if not getattr(self, key) > 0:
+                hint = " (virtual ms per wall ms; 1 = real time)" if key == "speed" else ""
+                raise UsageError(f"{key}={getattr(self, key)} must be > 0{hint}")
+        if not 0 <= self.port <= 65_535:
+            raise UsageError(f"port={self.port} must be in 0..65535 (0: any free port)")
+        if self.store is not None and self.path is not None:
+            raise UsageError("give store= or path=, not both: the bars come from a store or from one file")
+        if self.funding is not None and self.path is None:
+            raise UsageError("funding= goes with path=; from the store, funding comes with the series")
+        if self.funding is not None and self.market != "futures":
+            raise UsageError("funding= needs market=futures (funding rates exist for perpetual futures only)")
+        if not self.api_key:
+            raise UsageError("api_key= is empty; give the key the bot will send")
+        if not self.api_secret:
+            raise UsageError("api_secret= is empty; give the secret the bot will sign with")
 
 
 def _env_kwargs(name: str | None) -> dict[str, Any]:
@@ -834,59 +883,96 @@ def _env_kwargs(name: str | None) -> dict[str, Any]:
         raise ValueError(
             f"env={name!r}: no file {path}; use a conf/env group name (perp, spot) or a YAML path"
         )
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"env={name}: {path} is not YAML ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"env={name}: {path} is not a YAML mapping of env keys (fee_rate: 0.0004, ...)")
     return {k: v for k, v in values.items() if k != "defaults"}
 
 
-def _main(argv: list[str]) -> int:
-    args = {
-        "exchange": "binance", "market": "futures", "symbol": "BTC/USDT", "timeframe": "5m", "speed": "1",
-        "balance": "10000", "port": "0", "max_seconds": "3600",
-    }  # fmt: skip
-    known = {*args, "store", "path", "funding", "start", "end", "env", "api_key", "api_secret"}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in known:
-            print(f"unknown argument {arg!r}; use {_USAGE}", file=sys.stderr)
-            return 2
-        args[key] = value
-    market, symbol, tf = args["market"], args["symbol"], args["timeframe"]
-    if market not in ("spot", "futures"):
-        print(f"market={market!r}: choose spot or futures", file=sys.stderr)
-        return 2
-    try:
-        end = parse_time(args.get("end"))
-        if "path" in args:
-            bars = pd.read_parquet(args["path"])
-            rates = pd.read_parquet(args["funding"]) if "funding" in args else None
-            if end is not None:
-                bars = bars[bars["ts"] < end].reset_index(drop=True)
-        else:  # the project's store (data.root's default unless store= says otherwise)
-            from envs.market import load_market
-
-            bars, rates = load_market(
-                symbol, tf, exchange=args["exchange"], market="perp" if market == "futures" else "spot",
-                end=end, root=args.get("store"),
-            )  # fmt: skip
-        start = parse_time(args.get("start"))
-        if start is None:
-            start = int(bars["ts"].iloc[0])
-        name = file_symbol(symbol)
-        quote = split_symbol(name)[1]
-        ex = ReplayExchange(
-            **{market: {name: {tf: bars}}},
-            funding={name: rates} if market == "futures" and rates is not None else None,
-            env=_env_kwargs(args.get("env") or ("perp" if market == "futures" else "spot")),
-            start_ms=start,
-            speed=float(args["speed"]),
-            balances={quote: float(args["balance"])},
-            api_key=args.get("api_key", "replay-key"),
-            api_secret=args.get("api_secret", "replay-secret"),
-            max_seconds=float(args["max_seconds"]),
-            port=int(args["port"]),
+def _read_parquet(key: str, name: str) -> pd.DataFrame:
+    path = Path(name)
+    if not path.is_file():
+        raise UsageError(
+            f"{key}={name} does not exist" if not path.exists() else f"{key}={name} is not a file"
         )
-    except (ValueError, OSError, DataError) as exc:
-        print(f"replay exchange: {exc}", file=sys.stderr)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are both
+        reason = " ".join(str(exc).split())[:120]
+        raise UsageError(f"{key}={name} is not a Parquet file ({reason})") from None
+
+
+def _bars(a: ReplayArgs) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The bars (and funding) to replay, from ``path=`` or the store, checked."""
+    end = parse_time(a.end, "end")
+    if a.path is None:
+        root = resolve_root(a.store)
+        if not root.is_dir():
+            where = f"store={a.store}" if a.store else f"the store root {root}"
+            raise UsageError(f"{where} does not exist" if not root.exists() else f"{where} is not a folder")
+        bars, rates = load_market(
+            a.symbol, a.timeframe, exchange=a.exchange, market="perp" if a.market == "futures" else "spot",
+            end=end, root=root,
+        )  # fmt: skip
+        return bars, rates
+    bars = _read_parquet("path", a.path)
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise UsageError(f"path={a.path} lacks the bar column(s) {', '.join(missing)}")
+    if end is not None:
+        bars = bars[bars["ts"] < end].reset_index(drop=True)
+    if bars.empty:
+        raise UsageError(
+            f"path={a.path} has no bars" + (f" before end {iso(end)}" if end is not None else "")
+        )
+    issues = check_bars(bars, timeframe_ms(a.timeframe))
+    if issues:
+        raise UsageError(f"path={a.path}: {len(issues)} bad row(s), first {issues[0]}")
+    rates = _read_parquet("funding", a.funding) if a.funding is not None else None
+    return bars, rates
+
+
+def _main(argv: list[str]) -> int:
+    if any(w in ("-h", "--help") for w in argv):
+        print(f"python -m serving.replay_exchange key=value ...\n\n{usage(ReplayArgs)}")
+        return 0
+    try:
+        a = parse(ReplayArgs, argv, "python -m serving.replay_exchange")
+        bars, rates = _bars(a)
+        first, last = int(bars["ts"].iloc[0]), int(bars["ts"].iloc[-1])
+        start = parse_time(a.start, "start")
+        if start is not None and not first <= start <= last:
+            where = "before the first" if start < first else "after the last"
+            edge = first if start < first else last
+            raise UsageError(
+                f"start {iso(start)} is {where} bar ({iso(edge)}); "
+                f"choose a start from {iso(first)} to {iso(last)}"
+            )
+        name = file_symbol(a.symbol)
+        quote = split_symbol(name)[1]
+        try:
+            ex = ReplayExchange(
+                **{a.market: {name: {a.timeframe: bars}}},
+                funding={name: rates} if a.market == "futures" and rates is not None else None,
+                env=_env_kwargs(a.env or ("perp" if a.market == "futures" else "spot")),
+                start_ms=first if start is None else start,
+                speed=a.speed,
+                balances={quote: a.balance},
+                api_key=a.api_key,
+                api_secret=a.api_secret,
+                max_seconds=a.max_seconds,
+                port=a.port,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {a.port} on 127.0.0.1 is in use; choose another or port=0") from None
+            raise
+    except (ValueError, TypeError, OSError, DataError) as exc:
+        # one line, and never a key or secret: no message here is built from their values
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     with ex:
         print(ex.url, flush=True)
