@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 
 from agents.config import ConfigError, DataConfig, TrainConfig, WalkForwardConfig
-from data.schema import iso, parse_time, timeframe_ms
+from data.schema import DAY_MS, iso, parse_time, timeframe_ms
 from reports import metrics
 
 log = logging.getLogger(__name__)
-DAY_MS = 86_400_000
 
 
 def fold_ranges(wf: WalkForwardConfig, d: DataConfig) -> list[dict[str, str]]:

@@ -195,6 +195,11 @@ def test_a_range_beyond_the_synthetic_market_writes_no_store_and_no_run_folder(t
           "raise data.synthetic_bars or move the ranges")  # fmt: skip
 
 
+def test_a_sweep_refused_in_its_first_job_leaves_no_multirun_folder(tmp_path):
+    args = [*SMALL, f"data.root={tmp_path / 'store'}", "data.test_end=2024-02-01", "seed=0,1"]
+    refuses(["train.py", "-m", *args], tmp_path, [], "error: data.synthetic_bars=20000 ends at")
+
+
 def test_a_refused_start_keeps_the_runs_of_the_experiment_that_were_there(tmp_path):
     earlier = tmp_path / "runs" / "default" / "earlier"
     earlier.mkdir(parents=True)

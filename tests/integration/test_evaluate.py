@@ -211,6 +211,21 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(run, tmp_path, make, mess
     assert not list(tmp_path.rglob("*.parquet"))
 
 
+def test_a_write_that_fails_leaves_no_half_written_folder_nor_the_folders_made_for_it(
+    run, tmp_path, monkeypatch
+):
+    import reports.html
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(reports.html, "render", broken)
+    run_dir, store = run
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(EvalConfig(run=str(run_dir), data=EvalData(root=store), out=str(tmp_path / "a" / "b" / "c")))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_bundle_whose_features_the_series_cannot_feed_is_refused(tmp_path):
     features = "[log_return,range,volatility,taker_imbalance]"
     values = composed([*SMALL, f"data.root={tmp_path / 'store'}", f"env.features={features}"])
