@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.cli import UsageError, arg, parse, time_range, usage
+from data.commandline import UsageError, arg, parse, time_range, usage
 from data.errors import DataError
 from data.loopback import FaultSpec, LoopbackExchange, Request, _num, split_symbol
 from data.schema import BAR_COLUMNS, TIMEFRAMES, file_symbol, iso, parse_time, timeframe_ms
