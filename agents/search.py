@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import ConfigError, HparamsSearchConfig, SearchParam, TrainConfig
+from data.config import closest
+from reports import metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,15 @@ def search(
 
     s = config.hparams_search
     assert s is not None
+    # the keys of a validation replay's metrics, from a replay of one flat bar (before any trial)
+    offered = list(metrics.summary([1.0, 1.0], [0.0], [], periods_per_year=1.0))
+    if s.metric not in offered:
+        near = closest(s.metric, offered)
+        hint = f" did you mean {' or '.join(near)}?" if near else ""
+        raise ConfigError(
+            f"hparams_search.metric={s.metric} is not a validation metric;{hint} choose one of "
+            f"{', '.join(offered)}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = s.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -81,11 +92,6 @@ def search(
         except ConfigError as exc:
             raise ConfigError(f"trial {trial.number} with {sampled}: {exc}") from exc
         final = result.validation[-1]
-        if s.metric not in final:
-            raise ConfigError(
-                f"hparams_search.metric={s.metric} is not a validation metric; choose one of "
-                f"{', '.join(k for k in final if k != 'timesteps')}"
-            )
         score = float(final[s.metric])
         trials.append({"trial": trial.number, "params": sampled, "score": score, "run_dir": str(trial_dir)})
         log.info("trial %d: %s -> validation %s %.4f", trial.number, sampled, s.metric, score)

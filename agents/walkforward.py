@@ -83,9 +83,14 @@ def walk_forward(
     except ConfigError as exc:
         raise ConfigError(f"walk_forward: {exc}") from exc
     env = config.env
-    ensure_data(
-        overall, env.market == "perp" and (overall.market == "futures" or overall.exchange == "synthetic")
-    )
+    try:
+        ensure_data(
+            overall, env.market == "perp" and (overall.market == "futures" or overall.exchange == "synthetic")
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"walk_forward.folds={wf.folds} run to {folds[-1]['test_end']} (the last fold's test end): {exc}"
+        ) from exc
 
     evals = []
     for k, ranges in enumerate(folds):

@@ -200,6 +200,18 @@ def test_a_sweep_refused_in_its_first_job_leaves_no_multirun_folder(tmp_path):
     refuses(["train.py", "-m", *args], tmp_path, [], "error: data.synthetic_bars=20000 ends at")
 
 
+def test_a_search_on_a_metric_the_validation_lacks_is_refused_before_its_first_trial(tmp_path):
+    train(tmp_path, ["+hparams_search=optuna", "hparams_search.metric=sharp"],
+          "error: hparams_search.metric=sharp is not a validation metric; did you mean sharpe? choose one of "
+          "total_return, cagr, volatility, sharpe")  # fmt: skip
+
+
+def test_walk_forward_folds_beyond_the_market_are_refused_naming_the_folds(tmp_path):
+    train(tmp_path, ["+walk_forward=rolling", "walk_forward.folds=50"],
+          "error: walk_forward.folds=50 run to 2025-01-22T04:00:00Z (the last fold's test end): "
+          "data.synthetic_bars=20000 ends at 2024-01-14T21:19:00Z")  # fmt: skip
+
+
 def test_a_refused_start_keeps_the_runs_of_the_experiment_that_were_there(tmp_path):
     earlier = tmp_path / "runs" / "default" / "earlier"
     earlier.mkdir(parents=True)
