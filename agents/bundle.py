@@ -193,7 +193,7 @@ class Policy:
             if _plain(self.spec.get(k)) != _plain(theirs.get(k))
         ]
         if diffs:
-            raise BundleError(f"{self.path} cannot drive this env:\n  " + "\n  ".join(diffs))
+            raise BundleError(f"{self.path} cannot drive this env: " + "; ".join(diffs))
 
 
 def bundle_dir(path: str | Path) -> Path:

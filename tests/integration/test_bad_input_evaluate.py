@@ -59,6 +59,9 @@ CASES = [
      "error: env.max_leverage=300.0 is invalid; with maintenance_margin_rate=0.004 it must stay below 250"),
     ("zero-window", ["run=run", "env.window=0"],
      "error: env.window=0 is invalid; it must be a whole number >= 1"),
+    ("window-the-bundle-was-not-trained-on", ["run=run", "env.window=16"],
+     "error: run/policy cannot drive this env: observation_shape: bundle [52] != env [100]; window: bundle "
+     "8 != env 16"),
     ("env-group-with-a-bundle", ["run=run", "env=spot"],
      "error: a bundle brings its own env; override single keys (env.taker_fee=0.001), not the env or "
      "features group"),
