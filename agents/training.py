@@ -8,11 +8,12 @@ checkpoints, and writes the policy bundle. The test range is never read here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,24 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> RunData:
     train_bars, train_funding, _ = load_split(cfg.data, cfg.env, "train", with_history=False)
     val = load_split(cfg.data, cfg.env, "val", with_history=True)
     log.info("train: %s bars %s -> %s", f"{len(train_bars):,}", cfg.data.train_start, cfg.data.train_end)
-    return RunData(train_bars, train_funding, Validator(cfg, val, env_kwargs), env_kwargs)
+    with env_refusal(cfg.data, "val"):
+        validator = Validator(cfg, val, env_kwargs)
+    return RunData(train_bars, train_funding, validator, env_kwargs)
+
+
+@contextlib.contextmanager
+def env_refusal(d: DataConfig, split: str) -> Iterator[None]:
+    """An env that cannot be built on the bars of ``split`` (features the series cannot feed, bars
+    that fail validation) as a :class:`ConfigError` naming the series."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot build the env on the data.{split} range of {d.exchange} {d.market} {d.symbol} "
+            f"{d.timeframe}: {exc}"
+        ) from exc
 
 
 def bundle_spec(cfg: TrainConfig, env: Any, validator: Validator) -> dict[str, Any]:
@@ -336,10 +354,11 @@ def train(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) -> Train
     torch.set_num_threads(cfg.trainer.torch_threads)
     device = pick_device(cfg.device)
     data = prepare_run(cfg, run_dir)
-    batched = BatchedMarketReplayEnv(
-        num_envs=cfg.trainer.n_envs, bars=data.train_bars, funding=data.train_funding, copy=True,
-        **data.env_kwargs,
-    )  # fmt: skip
+    with env_refusal(cfg.data, "train"):
+        batched = BatchedMarketReplayEnv(
+            num_envs=cfg.trainer.n_envs, bars=data.train_bars, funding=data.train_funding, copy=True,
+            **data.env_kwargs,
+        )  # fmt: skip
     venv = SB3VecEnv(batched)
     venv.seed(cfg.seed)
     tb = str(run_dir / "tb")

@@ -148,6 +148,9 @@ class EnvConfig:
             fail("norm_window", "it must be a whole number >= 2 (the bars of the features' rolling z-score)")
         if self.features is not None:
             check_feature_names(self.features)
+            funded = [n for n in self.features if FEATURES[n].needs_funding]
+            if funded and self.market != "perp":
+                fail("features", f"{funded[0]} needs a perpetual's funding rates; drop it, or market=perp")
         if self.action_type == "discrete" and self.actions is not None:
             if not self.actions:
                 fail("actions", "give at least one target exposure, e.g. [-1, 0, 1]")

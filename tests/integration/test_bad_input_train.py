@@ -120,6 +120,9 @@ CONFIG_CASES = [
     ("feature-twice", ["env.features=[log_return,rsi,rsi]"],
      "error: env.features: feature 'rsi' is listed twice; list each feature once"),
     ("features-as-a-string", ["env.features=rsi"], "error: env.features='rsi' must be a list"),
+    ("funding-feature-on-spot", ["env.features=[log_return,funding_rate]"],
+     "error: env.features=('log_return', 'funding_rate') is invalid; funding_rate needs a perpetual's "
+     "funding rates; drop it, or market=perp"),
     ("negative-fee", ["env.taker_fee=-0.001"],
      "error: env.taker_fee=-0.001 is invalid; it must be a finite number >= 0"),
     ("leverage-on-spot", ["env.max_leverage=3"],
@@ -210,6 +213,17 @@ def test_walk_forward_folds_beyond_the_market_are_refused_naming_the_folds(tmp_p
     train(tmp_path, ["+walk_forward=rolling", "walk_forward.folds=50"],
           "error: walk_forward.folds=50 run to 2025-01-22T04:00:00Z (the last fold's test end): "
           "data.synthetic_bars=20000 ends at 2024-01-14T21:19:00Z")  # fmt: skip
+
+
+def test_a_feature_the_stored_series_cannot_feed_is_refused_naming_the_series(tmp_path):
+    # 1m bars as a ccxt download stores them: no taker_buy_base column
+    bars, _ = generate(SyntheticConfig(seed=0, start="2024-01-01", bars=20_000, timeframe="1m"))
+    key = SeriesKey.of("binance", "spot", "SYN/USDT", "1m")
+    Store(tmp_path / "store").write(key, bars.drop(columns=["taker_buy_base"]))
+    args = ["data.exchange=binance", "data.download=false", "env.features=[log_return,taker_imbalance]"]
+    train(tmp_path, args,
+          "error: cannot build the env on the data.val range of binance spot SYN/USDT 1m: feature "
+          "'taker_imbalance' needs taker_buy_base in the bars")  # fmt: skip
 
 
 def test_a_refused_start_keeps_the_runs_of_the_experiment_that_were_there(tmp_path):

@@ -67,6 +67,8 @@ def test_every_config_group_and_experiment_composes_into_a_train_config(override
     overrides = [override, "trainer=rllib"] if override in RLLIB_ONLY else [override]
     if override in CONTINUOUS_ONLY:
         overrides.append("env.action_type=continuous")
+    if override == "features=perp":  # funding_rate: a perpetual's account only
+        overrides.append("env=perp")
     config = TrainConfig.from_dict(composed(overrides))
     assert config.trainer.backend == ("rllib" if "trainer=rllib" in overrides else "sb3")
     if override.startswith("+experiment="):
