@@ -27,7 +27,7 @@ import numpy as np
 
 from agents.bundle import save_bundle
 from agents.config import ConfigError, TrainConfig
-from agents.training import TrainResult, bundle_spec, episode_scalars, prepare_run
+from agents.training import TrainResult, bundle_spec, env_refusal, episode_scalars, prepare_run
 from envs.market import prepare
 from envs.vector import BatchedMarketReplayEnv
 from reports import metrics
@@ -270,8 +270,9 @@ def train_rllib(cfg: TrainConfig, run_dir: Path, config_dict: dict[str, Any]) ->
 
     torch.set_num_threads(cfg.trainer.torch_threads)
     data = prepare_run(cfg, run_dir)
-    market = prepare(data.train_bars, data.train_funding, EnvConfig.from_kwargs(data.env_kwargs))
-    probe = BatchedMarketReplayEnv(num_envs=1, prepared=market, **data.env_kwargs)
+    with env_refusal(cfg.data, "train"):
+        market = prepare(data.train_bars, data.train_funding, EnvConfig.from_kwargs(data.env_kwargs))
+        probe = BatchedMarketReplayEnv(num_envs=1, prepared=market, **data.env_kwargs)
     started = _start_ray(cfg)
     try:
         check_resources(cfg, ray.cluster_resources())
