@@ -25,8 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.commandline import preflight
 from data.config import ConfigError
-from serving.app import ServeError, build, command
-from serving.broker import BrokerError
 from serving.config import ServeConfig
 
 log = logging.getLogger("serve")
@@ -34,6 +32,11 @@ log = logging.getLogger("serve")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    # the exchange client, the database and the policy's libraries load after the command line has
+    # passed its checks: a refused line answers in a fraction of a second
+    from serving.app import ServeError, build, command
+    from serving.broker import BrokerError
+
     try:
         config = ServeConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
         if config.command:
@@ -60,5 +63,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    preflight(Path(__file__).resolve().parent / "conf", "serve", ServeConfig)
+    preflight(Path(__file__).resolve().parent / "conf", "serve", ServeConfig, check=ServeConfig.from_dict)
     main()

@@ -103,7 +103,7 @@ def _check_group(conf: Path, schema: type, name: str, value: object, delete: boo
     options = sorted(p.stem for p in group.glob("*.yaml"))
     if value not in options:
         near = closest(value, options)
-        hint = f"; did you mean {name}={' or '.join(near)}?" if near else ";"
+        hint = f"; did you mean {' or '.join(f'{name}={n}' for n in near)}?" if near else ";"
         listed = ", ".join(options)
         raise ConfigError(f"{name}={value} is not a file of conf/{name}{hint} choose one of {listed}")
 

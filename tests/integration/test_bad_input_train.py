@@ -54,8 +54,8 @@ CONFIG_CASES = [
      "error: unknown key data.foo; did you mean data.root? data accepts: exchange, market, symbol, "
      "timeframe, root, train_start"),
     ("unknown-group-option", ["agent=ppo2"],
-     "error: agent=ppo2 is not a file of conf/agent; did you mean agent=ppo or appo? choose one of a2c, "
-     "appo, dqn, impala, ppo, recurrent_ppo, sac, td3"),
+     "error: agent=ppo2 is not a file of conf/agent; did you mean agent=ppo or agent=appo? choose one of "
+     "a2c, appo, dqn, impala, ppo, recurrent_ppo, sac, td3"),
     ("unknown-features-option", ["features=momentm"],
      "error: features=momentm is not a file of conf/features; did you mean features=momentum?"),
     ("unparsable-override", ["agent.net_arch=[64,"],
