@@ -147,6 +147,109 @@ def test_the_schema_uses_double_precision_and_bigint_on_postgresql():
     assert "events TEXT NOT NULL" in ddl["decisions"]
 
 
+# -- what is a store of ours --------------------------------------------------------------------
+
+
+def _tables(url: str) -> set[str]:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(store_url(url))
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _foreign(url: str) -> None:
+    """Another program's table in the database ``url`` names."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(store_url(url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY, what TEXT)")
+        conn.exec_driver_sql("INSERT INTO orders (id, what) VALUES (1, 'mine')")
+    engine.dispose()
+
+
+def test_a_database_with_tables_of_another_program_is_refused_and_left_as_it_was(url: str):
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True)
+    _foreign(url)
+    before = Path(url).read_bytes() if "://" not in url else None
+    for create in (True, False):
+        with pytest.raises(StateError, match=r"not a klinegym state store \(it holds tables orders\)"):
+            StateStore(url, create=create)
+    assert _tables(url) == {"orders"}
+    if before is not None:
+        assert Path(url).read_bytes() == before
+        assert sorted(p.name for p in Path(url).parent.iterdir()) == ["state.db"]  # no -wal, no -shm
+
+
+def test_a_new_store_records_its_schema_version_and_one_of_another_version_is_refused(url: str):
+    with StateStore(url) as s:
+        assert s.created
+    with StateStore(url) as s:
+        assert not s.created
+        later = state_module.SCHEMA_VERSION + 1
+        with s._engine.begin() as conn:  # as a later klinegym would have left it
+            conn.execute(state_module.store_table.update().values(schema_version=later))
+    with pytest.raises(StateError, match=f"has schema version {later}, written by a newer klinegym: upgrade"):
+        StateStore(url)
+
+
+def test_a_store_of_klinegym_0_1_is_refused_as_an_older_schema(tmp_path: Path):
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        for table in ("run", "kv", "decisions", "orders", "fills", "account", "equity", "risk_events"):
+            conn.execute(f"CREATE TABLE {table} (x)")
+        conn.execute("CREATE TABLE commands (x)")
+    conn.close()
+    with pytest.raises(StateError, match=r"written by an older klinegym \(schema version 1, before a store"):
+        StateStore(str(old))
+
+
+def test_without_create_an_empty_database_or_a_missing_file_is_refused_and_nothing_is_made(url: str):
+    with pytest.raises(StateError, match="no state store at"):
+        StateStore(url, create=False)
+    if "://" in url:
+        assert _tables(url) == set()
+    else:
+        assert not Path(url).parent.exists()
+
+
+def test_discard_removes_a_store_this_start_made_with_the_folders_it_made_and_nothing_else(
+    url: str, tmp_path: Path
+):
+    made = StateStore(url)
+    made.open_run(META)
+    made.discard()
+    if "://" in url:
+        assert _tables(url) == set()
+    else:
+        assert not (tmp_path / "serve").exists() and tmp_path.exists()
+    with StateStore(url) as again:
+        again.open_run(META)
+    with StateStore(url) as kept, pytest.raises(StateError, match="not created by this start; it is kept"):
+        kept.discard()
+    assert StateStore(url).run() == META
+
+
+def test_a_store_of_another_bundle_is_refused_naming_both_identities(store: StateStore):
+    other = RunMeta(**{**META.__dict__, "bundle": "runs/other/policy", "bundle_id": "sha256:fedcba98"})
+    with pytest.raises(StateError) as info:
+        store.open_run(other)
+    assert (
+        f"state store {store.where} belongs to bundle runs/ppo_btc/policy (sha256:0123456789abcdef) of run "
+        "ppo_btc_BTCUSDT_1m (BTC/USDT 1m on binance spot); this start serves runs/other/policy "
+        "(sha256:fedcba98), another bundle: use a new state= for it" in str(info.value)
+    )
+    assert store.run() == META
+    moved = RunMeta(**{**META.__dict__, "bundle": "elsewhere/policy"})  # the same bundle, moved
+    store.open_run(moved)
+    assert store.run() == moved
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
