@@ -492,13 +492,26 @@ def test_download_of_a_range_before_the_exchanges_first_bar_then_says_nothing_wa
     assert not root.exists()
 
 
-def test_download_of_funding_on_spot_then_refused_as_conflicting(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "market=spot", "funding=true", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "funding=true needs market=futures",
-    )
+DOWNLOAD = {
+    "of-funding-on-spot-then-refused-as-conflicting": (["market=spot", "funding=true", "start=2024-01-01"],
+        "funding=true needs market=futures"),
+    "with-a-page-of-zero-bars-then-refused": (["limit=0", "start=2024-01-01"],
+        "limit=0 must be 1 or more"),
+    "of-the-synthetic-exchange-then-points-to-synth": (["exchange=synthetic", "start=2024-01-01"],
+        "exchange=synthetic has no API; write a synthetic market with python -m data synth"),
+    "of-an-unknown-exchange-then-names-the-closest": (["exchange=binanse", "start=2024-01-01"],
+        "exchange 'binanse' is not a ccxt exchange; try one of binance"),
+    "of-funding-as-a-timeframe-then-says-how-funding-comes": (["timeframe=funding", "start=2024-01-01"],
+        "timeframe=funding is not a candle timeframe; funding rates come with market=futures"),
+    "of-a-symbol-the-exchange-lacks-then-names-what-it-offers": (["symbol=ETH/USDT", "start=2024-01-01"],
+        "symbol 'ETH/USDT' is not offered on binance spot (1 symbols); close matches: BTC/USDT"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("words", "message"), DOWNLOAD.values(), ids=DOWNLOAD.keys())
+def test_download_of_what_cannot_be_downloaded_then_refused(tmp_path, exchange, words, message):
+    refuses(download(exchange, tmp_path / "store", *words), tmp_path, [], message)
+
 
 
 def test_download_with_negative_retries_then_refused_without_a_traceback(tmp_path, exchange):
@@ -507,49 +520,9 @@ def test_download_with_negative_retries_then_refused_without_a_traceback(tmp_pat
     refuses(words, tmp_path, [], "retries=-1 must be 0 or more")
 
 
-def test_download_with_a_page_of_zero_bars_then_refused(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "limit=0", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "limit=0 must be 1 or more",
-    )
 
 
-def test_download_of_the_synthetic_exchange_then_points_to_synth(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "exchange=synthetic", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "exchange=synthetic has no API; write a synthetic market with python -m data synth",
-    )
 
-
-def test_download_of_an_unknown_exchange_then_names_the_closest(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "exchange=binanse", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "exchange 'binanse' is not a ccxt exchange; try one of binance",
-    )
-
-
-def test_download_of_funding_as_a_timeframe_then_says_how_funding_comes(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "timeframe=funding", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "timeframe=funding is not a candle timeframe; funding rates come with market=futures",
-    )
-
-
-def test_download_of_a_symbol_the_exchange_lacks_then_names_what_it_offers(tmp_path, exchange):
-    refuses(
-        download(exchange, tmp_path / "store", "symbol=ETH/USDT", "start=2024-01-01"),
-        tmp_path,
-        [],
-        "symbol 'ETH/USDT' is not offered on binance spot (1 symbols); close matches: BTC/USDT",
-    )
 
 
 def test_download_with_an_api_url_without_scheme_then_shows_the_form(tmp_path, exchange):
