@@ -271,75 +271,32 @@ def test_validate_a_series_without_its_four_parts_then_shows_the_form(root, tmp_
 
 # -- resample and bars ---------------------------------------------------------------------
 
-
-def test_resample_to_a_shorter_timeframe_then_refused(root, tmp_path):
-    refuses(
-        data("resample", *SYN_ARGS, "timeframe=5m", "to=1m", f"root={root}"),
-        tmp_path,
-        [],
-        "cannot resample 5m bars to 1m: 1m is not a whole multiple of 5m",
-    )
-
-
-def test_resample_to_its_own_timeframe_then_refused(root, tmp_path):
-    refuses(
-        data("resample", *SYN_ARGS, "to=1m", f"root={root}"),
-        tmp_path,
-        [],
-        "to=1m is the series' own timeframe; give a longer one",
-    )
-
-
-def test_resample_to_7m_then_lists_the_timeframes(root, tmp_path):
-    refuses(
-        data("resample", *SYN_ARGS, "to=7m", f"root={root}"), tmp_path, [], "timeframe '7m' is not supported"
-    )
+RESAMPLE_AND_BARS = {
+    "resample-to-a-shorter-timeframe-then-refused": (["resample", *SYN_ARGS, "timeframe=5m", "to=1m"],
+        ["cannot resample 5m bars to 1m: 1m is not a whole multiple of 5m"]),
+    "resample-to-its-own-timeframe-then-refused": (["resample", *SYN_ARGS, "to=1m"],
+        ["to=1m is the series' own timeframe; give a longer one"]),
+    "resample-to-7m-then-lists-the-timeframes": (["resample", *SYN_ARGS, "to=7m"],
+        ["timeframe '7m' is not supported"]),
+    "resample-a-series-that-is-not-stored": (
+        ["resample", "exchange=synthetic", "symbol=ETH/USDT", "to=5m"],
+        ["no bars for synthetic/spot/ETHUSDT/1m in [-inf, +inf)"]),
+    "resample-with-end-before-start": (
+        ["resample", *SYN_ARGS, "to=5m", "start=2024-01-02", "end=2024-01-01"],
+        ["start 2024-01-02T00:00:00Z must be before end 2024-01-01T00:00:00Z"]),
+    "bars-without-trades-then-says-to-import-them": (["bars", *SYN_ARGS],
+        ["no trades for synthetic/spot/SYNUSDT/trades", "timeframe=trades"]),
+    "bars-of-volume-zero-then-refused": (["bars", *SYN_ARGS, "timeframe=volume-0"],
+        ["bar spec 'volume-0' is not supported"]),
+    "resample-of-volume-bars": (
+        ["resample", *SYN_ARGS, "timeframe=volume-10", "to=1h"],
+        ["resample builds time bars from time bars; timeframe=volume-10 is not a time bar"]),
+}  # fmt: skip
 
 
-def test_resample_a_series_that_is_not_stored_then_says_nothing_to_resample(root, tmp_path):
-    refuses(
-        data("resample", "exchange=synthetic", "symbol=ETH/USDT", "to=5m", f"root={root}"),
-        tmp_path,
-        [],
-        "no bars for synthetic/spot/ETHUSDT/1m in [-inf, +inf)",
-    )
-
-
-def test_resample_with_end_before_start_then_names_both(root, tmp_path):
-    refuses(
-        data("resample", *SYN_ARGS, "to=5m", "start=2024-01-02", "end=2024-01-01", f"root={root}"),
-        tmp_path,
-        [],
-        "start 2024-01-02T00:00:00Z must be before end 2024-01-01T00:00:00Z",
-    )
-
-
-def test_bars_without_trades_then_says_to_import_them(root, tmp_path):
-    refuses(
-        data("bars", *SYN_ARGS, f"root={root}"),
-        tmp_path,
-        [],
-        "no trades for synthetic/spot/SYNUSDT/trades",
-        "timeframe=trades",
-    )
-
-
-def test_bars_of_volume_zero_then_refused(root, tmp_path):
-    refuses(
-        data("bars", *SYN_ARGS, "timeframe=volume-0", f"root={root}"),
-        tmp_path,
-        [],
-        "bar spec 'volume-0' is not supported",
-    )
-
-
-def test_resample_of_volume_bars_then_says_only_time_bars_resample(root, tmp_path):
-    refuses(
-        data("resample", *SYN_ARGS, "timeframe=volume-10", "to=1h", f"root={root}"),
-        tmp_path,
-        [],
-        "resample builds time bars from time bars; timeframe=volume-10 is not a time bar",
-    )
+@pytest.mark.parametrize(("words", "fragments"), RESAMPLE_AND_BARS.values(), ids=RESAMPLE_AND_BARS.keys())
+def test_resample_or_bars_that_cannot_be_built_then_refused(root, tmp_path, words, fragments):
+    refuses(data(*words, f"root={root}"), tmp_path, [], *fragments)
 
 
 # -- import --------------------------------------------------------------------------------
